@@ -1,0 +1,50 @@
+# vlrepro — one-command setup. `make demo` and `make test` create .venv and install the locked stack first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_ROOT ?= runs
+
+# Offline, no telemetry; tests also get a throw-away PREFECT_HOME (tests/conftest.py).
+export HF_HUB_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: install test lint typecheck pytest demo clean help
+
+help:
+	@echo "make demo   — create .venv, install, run the mini reproduction (see README)"
+	@echo "make test   — create .venv if needed, install, run ruff, mypy and pytest"
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 required, found {sys.version}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check pip==25.3
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+demo: install
+	$(BIN)/vlrepro data make mini-retrieval --out $(RUN_ROOT)/data/mini-retrieval --size small
+	$(BIN)/vlrepro ingest --source $(RUN_ROOT)/data/mini-retrieval/sources.csv --out $(RUN_ROOT) \
+		--dataset mini-retrieval --fps 4 --size 64 --crop 64 --max-failure-ratio 0
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

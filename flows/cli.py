@@ -1,0 +1,287 @@
+"""The `vlrepro` command line.
+
+Conventions every command keeps:
+- ``--help`` everywhere; heavy libraries (torch, prefect, ray, mlflow) are imported inside commands, so ``--help``
+  is instant;
+- ``--json`` prints exactly one JSON object as the **last line of stdout** (logs and progress go to stderr);
+- progress bars only when stderr is a terminal;
+- a bad argument or a failed precondition is one line on stderr (``error: ...``) and a non-zero exit
+  (2 for usage errors, 1 for everything else); with ``--json`` the same message is also the JSON object
+  ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+# typer ≥ 0.2x vendors its own click; its exception classes are the ones raised
+from typer._click import exceptions as click_exc
+
+# A research CLI should not phone home: Prefect/Ray/MLflow telemetry is off unless the user turns it back on.
+for _var, _value in (
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DO_NOT_TRACK", "1"),
+):
+    os.environ.setdefault(_var, _value)
+
+app = typer.Typer(
+    name="vlrepro",
+    help="CLIP-era video-language reproductions as runnable, resumable DAGs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Generate the mini video world.", no_args_is_help=True, rich_markup_mode=None)
+eval_app = typer.Typer(
+    help="Score saved predictions with the project's metrics.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Print a command's result: one JSON line (machine) or a readable summary (human)."""
+    if as_json:
+        sys.stdout.flush()
+        print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    else:
+        print(human(result) if human else json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(desc: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr when interactive; a no-op callback ``(done, total)`` otherwise."""
+    if not is_tty():
+        yield lambda done, total: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+
+    def update(done: int, total_: int) -> None:
+        bar.total = total_
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+@data_app.command("make")
+def data_make(
+    name: Annotated[str, typer.Argument(help="mini-retrieval | mini-wtal | mini-grounding")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to create.")],
+    seed: Annotated[int, typer.Option(help="Generator seed (same seed → same world).")] = 0,
+    size: Annotated[str, typer.Option(help="tiny | small | medium (see README: sizes).")] = "small",
+    force: Annotated[bool, typer.Option(help="Regenerate even if OUT holds another world.")] = False,
+    workers: Annotated[int, typer.Option(help="Encoding processes.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a deterministic mini dataset (ffmpeg-encoded videos + annotations + image–caption set)."""
+    from pipelines.miniworld import SIZES, WORLDS, make_world
+
+    if name not in WORLDS:
+        raise typer.BadParameter(
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(WORLDS))}", param_hint="NAME"
+        )
+    if size not in SIZES:
+        raise typer.BadParameter(f"unknown size {size!r}; choose one of {', '.join(SIZES)}", param_hint="--size")
+    with progress_bar(f"make {name}") as progress:
+        summary = make_world(name, out, seed=seed, size=size, progress=progress, workers=workers, force=force)
+    emit(
+        summary,
+        as_json,
+        lambda s: f"{s['name']}: {s['n_videos']} videos ({s['n_train']} train / {s['n_test']} test) in {s['path']}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- ingest
+
+
+@app.command("ingest")
+def ingest_cmd(
+    source: Annotated[str, typer.Option("--source", help="Folder of videos, or a CSV with a 'path' column.")],
+    out: Annotated[str, typer.Option("--out", help="Run root (local path or fsspec URI).")] = "runs",
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the source folder/CSV name).")] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second, sampled by timestamp.")] = 1.0,
+    size: Annotated[int, typer.Option(help="Short side after resizing (pixels).")] = 224,
+    crop: Annotated[int | None, typer.Option(help="Centre crop (pixels; 0 = none; default = --size).")] = None,
+    samples_per_shard: Annotated[int, typer.Option(help="Videos per shard.")] = 64,
+    mode: Annotated[str, typer.Option(help="incremental | overwrite | retry-failed")] = "incremental",
+    max_failure_ratio: Annotated[
+        float, typer.Option(help="Exit non-zero above this fraction of failed inputs.")
+    ] = 0.05,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per video decode.")] = 600.0,
+    prefect: Annotated[bool, typer.Option(help="Run as a Prefect flow (cached, resumable tasks).")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decode videos into WebDataset shards with one manifest row per input."""
+    from pipelines import ingest as ing
+    from pipelines.decode import DecodeConfig
+    from pipelines.shards import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    if not 0.0 <= max_failure_ratio <= 1.0:
+        raise typer.BadParameter("must be between 0 and 1", param_hint="--max-failure-ratio")
+    src = Path(source)
+    if not src.exists():
+        raise typer.BadParameter(f"{source} does not exist", param_hint="--source")
+    name = dataset or ing.make_key(src.stem if src.is_file() else src.resolve().name)
+    crop_px = size if crop is None else crop
+    try:
+        DecodeConfig(fps=fps, short_side=size, crop=crop_px)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if prefect:
+        from flows.ingest import ingest_flow
+
+        result = ingest_flow(source, out, name, fps, size, crop_px, samples_per_shard, mode, timeout)  # type: ignore[arg-type]
+    else:
+        cfg = ing.IngestConfig(
+            DecodeConfig(fps=fps, short_side=size, crop=crop_px, timeout_s=timeout), samples_per_shard
+        )
+        with progress_bar("ingest") as progress:
+            result = ing.ingest(source, out, name, cfg, mode, progress=progress).as_dict()  # type: ignore[arg-type]
+    result["max_failure_ratio"] = max_failure_ratio
+    result["ok"] = result["failure_ratio"] <= max_failure_ratio
+    emit(
+        result,
+        as_json,
+        lambda r: f"{r['n_samples']}/{r['n_inputs']} videos usable {r['status_counts']} → {r['stage_uri']}",
+    )
+    if not result["ok"]:
+        print(
+            f"error: failure ratio {result['failure_ratio']:.3f} is above --max-failure-ratio {max_failure_ratio}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------------- eval
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    similarity: Annotated[
+        Path, typer.Option("--similarity", help="A saved (Q, G) .npy matrix; ground truth on the diagonal.")
+    ],
+    caption_video: Annotated[
+        Path | None, typer.Option(help="Optional (Q,) .npy of gallery indices for multi-caption sets.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Text→video and video→text R@1/5/10, MdR, MnR (R@K in percent) from a similarity matrix."""
+    import numpy as np
+
+    from models.common.metrics.retrieval import retrieval_report
+
+    sim = _load_npy(similarity, "--similarity")
+    if sim.ndim != 2:
+        raise typer.BadParameter(f"expected a 2-D matrix, got shape {sim.shape}", param_hint="--similarity")
+    gt = None
+    if caption_video is not None:
+        gt = _load_npy(caption_video, "--caption-video").astype(np.int64)
+        if gt.shape != (sim.shape[0],) or gt.min() < 0 or gt.max() >= sim.shape[1]:
+            raise typer.BadParameter("must be (Q,) indices into the gallery", param_hint="--caption-video")
+    elif sim.shape[0] != sim.shape[1]:
+        raise typer.BadParameter(
+            f"ground truth on the diagonal needs a square matrix, got {sim.shape}", param_hint="--similarity"
+        )
+    report = retrieval_report(sim, gt)
+    emit(report, as_json, _format_retrieval)
+
+
+def _format_retrieval(r: dict[str, Any]) -> str:
+    lines = []
+    for d in ("t2v", "v2t"):
+        m = r[d]
+        lines.append(
+            f"{d}: R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  MdR {m['MdR']:.1f}  MnR {m['MnR']:.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _load_npy(path: Path, hint: str) -> Any:
+    import numpy as np
+
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist", param_hint=hint)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not a readable .npy array ({exc})", param_hint=hint) from exc
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn every failure into one line (and `{"error"}` with --json)."""
+    args = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in args
+    try:
+        rc = app(args=args, prog_name="vlrepro", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0  # click returns Exit codes instead of raising here
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", wants_json)
+        return 130
+    except click_exc.NoArgsIsHelpError as exc:
+        print(exc.format_message())
+        return 0
+    except click_exc.UsageError as exc:
+        hint = (
+            f" (see `vlrepro {exc.ctx.command_path.split(' ', 1)[1]} --help`)"
+            if exc.ctx and " " in exc.ctx.command_path
+            else ""
+        )
+        _fail(f"{exc.format_message()}{hint}", wants_json)
+        return 2
+    except Exception as exc:  # user-facing: one line, never a traceback wall (VLREPRO_DEBUG=1 shows it)
+        if os.environ.get("VLREPRO_DEBUG"):
+            raise
+        if isinstance(exc, CliError | ValueError | FileExistsError | FileNotFoundError | RuntimeError | OSError):
+            _fail(
+                f"{type(exc).__name__}: {exc}".splitlines()[0] if not isinstance(exc, CliError) else str(exc),
+                wants_json,
+            )
+            return 1
+        raise
+
+
+def _fail(message: str, wants_json: bool) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if wants_json:
+        print(json.dumps({"error": message}), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The ingest flow: plan shards → one mapped, cached task per shard → commit the stage → table artifact."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_table_artifact
+
+from flows.runtime import cache_policy, is_transient, result_storage
+from models.config import build
+from pipelines import ingest as ing
+from pipelines import shards
+from pipelines.decode import DecodeConfig
+
+
+@task(name="ingest-shard", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient, tags=["ffmpeg"])
+def ingest_shard_task(job: dict[str, Any], cfg: dict[str, Any], code_version: str) -> dict[str, Any]:
+    """Decode and commit one shard; inputs are plain data so the cache key is their hash (+ task source)."""
+    del code_version  # only part of the cache key: new decode code → new key
+    return ing.ingest_shard(shards.ShardJob.from_dict(job), build(ing.IngestConfig, cfg)).as_dict()
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(
+    source: str,
+    root: str = "runs",
+    dataset: str = "videos",
+    fps: float = 1.0,
+    size: int = 224,
+    crop: int = 224,
+    samples_per_shard: int = 64,
+    mode: shards.Mode = "incremental",
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Ingest `source` (folder or CSV of videos) into `<root>/<dataset>/frames/<config-hash>/` shards."""
+    start = time.monotonic()
+    cfg = ing.IngestConfig(
+        decode=DecodeConfig(fps=fps, short_side=size, crop=crop, timeout_s=timeout_s),
+        samples_per_shard=samples_per_shard,
+    )
+    uri, jobs = ing.plan_ingest(ing.read_sources(source), root, dataset, cfg, mode)
+    task_ = ingest_shard_task.with_options(
+        cache_policy=cache_policy(root),
+        persist_result=True,
+        result_storage=result_storage(root),
+        refresh_cache=mode != "incremental",
+    )
+    cfg_dict = {"decode": vars(cfg.decode), "samples_per_shard": cfg.samples_per_shard}
+    summaries = [
+        f.result() for f in task_.map([j.to_dict() for j in jobs], unmapped(cfg_dict), unmapped(ing.code_version()))
+    ]
+    # A cached summary is only as good as the files behind it: redo shards whose marker vanished since.
+    stale = [j for j, s in zip(jobs, summaries) if shards.shard_stats(uri, j.index) is None]
+    if stale:
+        redo = task_.with_options(refresh_cache=True).map(
+            [j.to_dict() for j in stale], unmapped(cfg_dict), unmapped(ing.code_version())
+        )
+        fresh = {r["index"]: r for r in (f.result() for f in redo)}
+        summaries = [fresh.get(s["index"], s) for s in summaries]
+    result = ing.finish_ingest(uri, cfg, summaries, time.monotonic() - start)
+    create_table_artifact(
+        key=f"ingest-{dataset.lower()}"[:60].replace("_", "-"),
+        table=[{"shard": s["index"], "action": s["action"], **s["status_counts"]} for s in summaries],
+        description=f"Ingest of {source} → {uri}",
+    )
+    return result.as_dict()

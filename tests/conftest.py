@@ -1,0 +1,16 @@
+"""Test-wide environment: offline, no telemetry, a throw-away PREFECT_HOME; set before any library import."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_TMP_HOME = tempfile.mkdtemp(prefix="vlrepro-test-prefect-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ["PREFECT_HOME"] = os.environ.get("VLREPRO_TEST_PREFECT_HOME", _TMP_HOME)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

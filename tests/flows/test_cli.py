@@ -1,0 +1,103 @@
+"""CLI contracts: --help everywhere, --json is one JSON object on the last stdout line, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows.cli import app
+
+VLREPRO = [sys.executable, "-m", "flows"]
+
+
+def _all_command_paths() -> list[list[str]]:
+    import typer.main
+
+    paths: list[list[str]] = []
+
+    def walk(cmd, prefix):
+        paths.append(prefix)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VLREPRO, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_help_on_every_command():
+    paths = _all_command_paths()
+    assert ["ingest"] in paths and ["data", "make"] in paths and ["eval", "retrieval"] in paths
+    for path in paths:
+        res = run([*path, "--help"])
+        assert res.returncode == 0, (path, res.stderr)
+        assert "Usage:" in res.stdout
+
+
+def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
+    sim = np.eye(4) + 0.01 * np.arange(16).reshape(4, 4)
+    sim[2, 2] = -1.0  # query 2 ranks its video last
+    np.save(tmp_path / "s.npy", sim)
+    res = run(["eval", "retrieval", "--similarity", str(tmp_path / "s.npy"), "--json"])
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out) == {"t2v", "v2t"} and set(out["t2v"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+    assert out["t2v"]["R@1"] == pytest.approx(75.0) and out["t2v"]["MnR"] == pytest.approx((1 + 1 + 4 + 1) / 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ingest", "--source", "/definitely/not/here"], "does not exist"),
+        (["ingest", "--source", ".", "--mode", "sideways"], "not one of"),
+        (["ingest", "--sourse", "."], "No such option"),
+        (["eval", "retrieval", "--similarity", "/nope.npy"], "does not exist"),
+        (["data", "make", "mini-nothing", "--out", "/tmp/x"], "unknown dataset"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(args, needle):
+    res = run(args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_json_errors_are_json_too(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"nope")
+    res = run(["eval", "retrieval", "--similarity", str(tmp_path / "bad.npy"), "--json"])
+    assert res.returncode == 2
+    assert "error" in json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_ingest_without_prefect_reports_and_gates_on_failure_ratio(tmp_path):
+    from tests.media import encode
+
+    encode(tmp_path / "v" / "a.mp4")
+    (tmp_path / "v" / "b.mp4").write_bytes(b"junk")
+    base = [
+        "ingest",
+        "--source",
+        str(tmp_path / "v"),
+        "--out",
+        str(tmp_path / "r"),
+        "--fps",
+        "4",
+        "--size",
+        "32",
+        "--no-prefect",
+        "--json",
+    ]
+    res = run(base)
+    assert res.returncode == 1  # 50 % failed > default 5 %
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["status_counts"] == {"failed_probe": 1, "ok": 1} and out["ok"] is False
+    assert "failure ratio" in res.stderr
+    res = run([*base, "--max-failure-ratio", "0.5"])
+    assert res.returncode == 0 and json.loads(res.stdout.strip().splitlines()[-1])["shards_written"] == 0
