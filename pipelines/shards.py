@@ -329,13 +329,31 @@ class ShardSummary:
 Processor = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any] | None]]
 
 
+#: A whole-shard processor: the inputs to process (in order) → their (row, members) in the same order. Lets a
+#: stage batch work across samples (e.g. one CLIP forward over many videos' frames).
+BatchProcessor = Callable[[Sequence[Mapping[str, Any]]], Iterable[tuple[dict[str, Any], dict[str, Any] | None]]]
+
+
 def run_shard(
     job: ShardJob,
-    process: Processor,
+    process: Processor | None = None,
     extra_stats: Mapping[str, Any] | None = None,
     on_sample_written: Callable[[int], None] | None = None,
+    process_items: BatchProcessor | None = None,
 ) -> ShardSummary:
-    """Process and commit one shard according to `job.mode`; idempotent and safe to rerun after a crash."""
+    """Process and commit one shard according to `job.mode`; idempotent and safe to rerun after a crash.
+
+    Give either `process` (one input at a time) or `process_items` (all inputs of the shard that need work).
+    """
+    if (process is None) == (process_items is None):
+        raise TypeError("give exactly one of process / process_items")
+    if process_items is None:
+        assert process is not None
+        per_item = process
+
+        def process_items(items: Sequence[Mapping[str, Any]]) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
+            return (per_item(it) for it in items)
+
     start = time.monotonic()
     existing = shard_stats(job.stage_uri, job.index)
     if existing is not None and job.mode != "overwrite":
@@ -359,13 +377,15 @@ def run_shard(
         keep = _read_ok_samples(job.stage_uri, job.index)
     rows: list[dict[str, Any]] = []
     processed = 0
+    todo = [it for it in job.items if storage.check_key(str(it["key"])) not in keep]
+    produced = iter(process_items(todo))
     with ShardWriter(job.stage_uri, job.index) as writer:
         for item in job.items:
-            key = storage.check_key(str(item["key"]))
+            key = str(item["key"])
             if key in keep:
                 row, members = keep.pop(key)
             else:
-                row, members_opt = process(item)
+                row, members_opt = next(produced)
                 processed += 1
                 members = members_opt or {}
             if row.get("key") != key:

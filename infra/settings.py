@@ -1,0 +1,56 @@
+"""Process settings: the one place that reads environment variables.
+
+Everything that depends on the host (where MLflow, Ray and Prefect live; where the run root is) comes from the
+environment, read once into a frozen `Settings`. Configs (YAML) describe experiments and never carry addresses or
+secrets: credentials stay in the environment (``MLFLOW_TRACKING_TOKEN``, ``AWS_*``) where the client libraries read
+them themselves, and are deliberately *not* copied into `Settings`, so they can never be logged as params.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_RUN_ROOT = "runs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-level settings; every field is optional and has an embedded (single-laptop) default."""
+
+    #: ``MLFLOW_TRACKING_URI``: an MLflow server (``http://…``) or DB; None → SQLite under the run root
+    mlflow_tracking_uri: str | None = None
+    #: ``RAY_ADDRESS``: an existing Ray cluster; None → ``ray.init()`` on this host
+    ray_address: str | None = None
+    #: ``PREFECT_API_URL``: a Prefect server; None → Prefect's ephemeral in-process API
+    prefect_api_url: str | None = None
+    #: ``VLREPRO_RUN_ROOT``: local path or fsspec URI holding shards, features, checkpoints, the MLflow DB
+    run_root: str = DEFAULT_RUN_ROOT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            # An exported-but-empty variable (`MLFLOW_TRACKING_URI=`) means "unset", as in most shells' idiom.
+            value = env.get(name, "").strip()
+            return value or None
+
+        return cls(
+            mlflow_tracking_uri=get("MLFLOW_TRACKING_URI"),
+            ray_address=get("RAY_ADDRESS"),
+            prefect_api_url=get("PREFECT_API_URL"),
+            run_root=get("VLREPRO_RUN_ROOT") or DEFAULT_RUN_ROOT,
+        )
+
+
+_settings: Settings | None = None
+
+
+def get_settings(reload: bool = False) -> Settings:
+    """The process's settings, read from the environment on first use (or again with ``reload=True``, for tests)."""
+    global _settings
+    if _settings is None or reload:
+        _settings = Settings.from_env()
+    return _settings
