@@ -1,11 +1,18 @@
 """CLIP frame features: decoded-frame shards → feature shards with the same keys, reused by every frozen-CLIP method.
 
-One stage (`clip-features`) per (frames stage, CLIP architecture, weights): its config hash is built from the frames
+One stage per (frames stage, CLIP architecture, weights, output kind): its config hash is built from the frames
 stage's hash and the weights file's digest, so new weights never mix with old features. Frames of many videos are
 batched into one forward pass (`batch_frames`), which is what makes extraction keep up with a bare model forward.
 
-Per sample: ``npy`` = float32 ``(T, D)`` frame CLS features after ``ln_post @ proj`` (not normalised: methods
-normalise where their paper does), ``json`` = the frame sample's metadata.
+Output kinds (``npy`` member per sample; ``json`` = the frame sample's metadata):
+
+| output | stage | array | used by |
+|---|---|---|---|
+| ``cls`` | ``clip-features`` | float32 ``(T, D)``: CLS after ``ln_post @ proj`` | CLIP4Clip (frozen), DCC VLP |
+| ``tokens`` | ``clip-tokens`` | float16 ``(T, 1+N, D)``: CLS + projected patch tokens | UCoFiA (frozen) |
+| ``blocks`` | ``clip-blocks<K>`` | float16 ``(T, K, 1+N, W)``: outputs of the last K vision blocks | STAN |
+
+Features are not normalised: methods normalise where their paper does.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,11 +34,19 @@ from pipelines import shards
 STAGE = "clip-features"
 
 
+Output = Literal["cls", "tokens", "blocks"]
+
+
 @dataclass(frozen=True)
 class ClipFeatureConfig:
     clip: ClipConfig  # architecture + weights (a local checkpoint path for the mini CLIP, or "openai")
+    output: Output = "cls"  # what to store per frame (module table)
+    last_blocks: int = 4  # K for output="blocks" (STAN: the last K = 4 blocks feed its branch)
     batch_frames: int = 512  # frames per forward pass, across videos
-    samples_per_shard: int = 0  # 0 = keep the frames stage's sharding (same shard index ↔ same keys)
+
+    @property
+    def stage(self) -> str:
+        return {"cls": STAGE, "tokens": "clip-tokens", "blocks": f"clip-blocks{self.last_blocks}"}[self.output]
 
 
 def file_digest(path: str | Path | None) -> str:
@@ -49,32 +64,64 @@ def file_digest(path: str | Path | None) -> str:
 
 
 def stage_hash(frames_hash: str, cfg: ClipFeatureConfig) -> str:
-    return config_hash({"frames": frames_hash, "arch": cfg.clip.arch, "weights": file_digest(cfg.clip.pretrained)})
+    key: dict[str, Any] = {"frames": frames_hash, "arch": cfg.clip.arch, "weights": file_digest(cfg.clip.pretrained)}
+    if cfg.output != "cls":  # keeps the hash of the original (cls-only) stage unchanged
+        key.update(output=cfg.output, last_blocks=cfg.last_blocks if cfg.output == "blocks" else 0)
+    return config_hash(key)
+
+
+def _encode_cls(model: ClipBackbone, x: torch.Tensor, cfg: ClipFeatureConfig) -> np.ndarray:
+    return model.encode_image(x).float().cpu().numpy()  # (b, D)
+
+
+def _encode_tokens(model: ClipBackbone, x: torch.Tensor, cfg: ClipFeatureConfig) -> np.ndarray:
+    cls, patches = model.encode_image_tokens(x)  # (b, D), (b, N, D)
+    return torch.cat([cls[:, None], patches], dim=1).half().cpu().numpy()  # (b, 1+N, D)
+
+
+def _encode_blocks(model: ClipBackbone, x: torch.Tensor, cfg: ClipFeatureConfig) -> np.ndarray:
+    k = cfg.last_blocks
+    if not 1 <= k <= model.vision_layers:
+        raise ValueError(f"last_blocks={k} must lie in [1, {model.vision_layers}] for {model.arch}")
+    _, outs = model.forward_blocks(model.tokens_from_patches(model.embed_patches(x)), return_layers=range(-k, 0))
+    return torch.stack(outs, dim=1).half().cpu().numpy()  # (b, K, 1+N, W)
+
+
+_ENCODERS = {"cls": _encode_cls, "tokens": _encode_tokens, "blocks": _encode_blocks}
 
 
 @torch.no_grad()
-def encode_frames(model: ClipBackbone, videos: Sequence[np.ndarray], batch_frames: int) -> list[np.ndarray]:
-    """CLIP features for each video's frames, batching frames across videos. videos[i]: (T_i, H, W, 3) uint8."""
+def encode_frames(
+    model: ClipBackbone, videos: Sequence[np.ndarray], batch_frames: int, cfg: ClipFeatureConfig | None = None
+) -> list[np.ndarray]:
+    """Per-video arrays (module table) for each video's frames, batching frames across videos.
+
+    videos[i]: (T_i, H, W, 3) uint8 → (T_i, ...) per the output kind (default: CLS features (T_i, D)).
+    """
+    cfg = cfg or ClipFeatureConfig(clip=ClipConfig(arch=model.arch, pretrained=None))
+    encode = _ENCODERS[cfg.output]
     lengths = [len(v) for v in videos]
-    if not videos or sum(lengths) == 0:
-        return [np.zeros((n, model.embed_dim), np.float32) for n in lengths]
-    flat = np.concatenate([v for v in videos if len(v)], axis=0)  # (ΣT, H, W, 3)
+    flat_list = [v for v in videos if len(v)]
+    if not flat_list:
+        probe = encode(model, torch.zeros(1, 3, model.image_size, model.image_size), cfg)
+        return [np.zeros((n, *probe.shape[1:]), probe.dtype) for n in lengths]
+    flat = np.concatenate(flat_list, axis=0)  # (ΣT, H, W, 3)
     outs = []
     for i in range(0, len(flat), batch_frames):
         x = preprocess_frames(flat[i : i + batch_frames], model.image_size)  # (b, 3, S, S)
-        outs.append(model.encode_image(x).float().cpu().numpy())
-    feats = np.concatenate(outs, axis=0)  # (ΣT, D)
+        outs.append(encode(model, x, cfg))
+    feats = np.concatenate(outs, axis=0)  # (ΣT, ...)
     return list(np.split(feats, np.cumsum(lengths)[:-1]))
 
 
 def _process(
-    model: ClipBackbone, frames_uri: str, shard: int, batch_frames: int, digest: str
+    model: ClipBackbone, frames_uri: str, shard: int, cfg: ClipFeatureConfig, digest: str
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     samples = dict(shards.iter_shard(frames_uri, shard))
     # items arrive in key order = the frames shard's order; batch them all in one go (a shard is small)
     keys = sorted(samples)
     start = time.monotonic()
-    feats = encode_frames(model, [samples[k]["npy"] for k in keys], batch_frames)
+    feats = encode_frames(model, [samples[k]["npy"] for k in keys], cfg.batch_frames, cfg)
     per = (time.monotonic() - start) / max(1, len(keys))
     for k, f in zip(keys, feats):
         meta = dict(samples[k].get("json", {}))
@@ -82,12 +129,13 @@ def _process(
             "key": k,
             "status": "ok",
             "error": "",
+            "split": meta.get("split", ""),  # loaders select training/evaluation videos from these rows
             "n_frames": int(f.shape[0]),
-            "dim": int(f.shape[1]),
+            "shape": list(f.shape),
             "seconds": round(per, 4),
             "config_hash": digest,
         }
-        yield row, {"npy": f.astype(np.float32), "json": meta}
+        yield row, {"npy": f, "json": meta}
 
 
 def extract(
@@ -102,7 +150,7 @@ def extract(
     frames_stats = shards.require_stage(frames_uri)
     frames_hash = str(frames_stats.get("config_hash") or Path(frames_uri).name)
     h = stage_hash(frames_hash, cfg)
-    uri = shards.stage_uri(root, dataset, STAGE, h)
+    uri = shards.stage_uri(root, dataset, cfg.stage, h)
     keys_by_shard = {
         i: [r["key"] for r in shards.read_rows(frames_uri, i) if r["status"] in shards.OK_STATUSES]
         for i in shards.committed_shards(frames_uri)
@@ -127,10 +175,12 @@ def extract(
             items: Sequence[Mapping[str, Any]], shard: int = i
         ) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
             wanted = {it["key"] for it in items}
-            return (rm for rm in _process(net(), frames_uri, shard, cfg.batch_frames, h) if rm[0]["key"] in wanted)
+            return (rm for rm in _process(net(), frames_uri, shard, cfg, h) if rm[0]["key"] in wanted)
 
         summaries.append(shards.run_shard(job, process_items=process_items).as_dict())
-    stats = shards.commit_stage(uri, summaries, extra={"config_hash": h, "stage": STAGE, "frames_stage": frames_uri})
+    stats = shards.commit_stage(
+        uri, summaries, extra={"config_hash": h, "stage": cfg.stage, "frames_stage": frames_uri}
+    )
     return {
         "stage_uri": uri,
         "config_hash": h,
