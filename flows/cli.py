@@ -31,6 +31,8 @@ for _var, _value in (
     ("RAY_USAGE_STATS_ENABLED", "0"),
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
     ("DO_NOT_TRACK", "1"),
+    # Prefect's temporary API server gets 20 s to start by default; a loaded 2-core machine needs more.
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"),
 ):
     os.environ.setdefault(_var, _value)
 
@@ -162,13 +164,13 @@ def ingest_cmd(
     if prefect:
         from flows.ingest import ingest_flow
 
-        result = ingest_flow(source, out, name, fps, size, crop_px, samples_per_shard, mode, timeout)  # type: ignore[arg-type]
+        result = ingest_flow(source, out, name, fps, size, crop_px, samples_per_shard, mode, timeout)
     else:
         cfg = ing.IngestConfig(
             DecodeConfig(fps=fps, short_side=size, crop=crop_px, timeout_s=timeout), samples_per_shard
         )
         with progress_bar("ingest") as progress:
-            result = ing.ingest(source, out, name, cfg, mode, progress=progress).as_dict()  # type: ignore[arg-type]
+            result = ing.ingest(source, out, name, cfg, mode, progress=progress).as_dict()
     result["max_failure_ratio"] = max_failure_ratio
     result["ok"] = result["failure_ratio"] <= max_failure_ratio
     emit(
@@ -182,6 +184,68 @@ def ingest_cmd(
             file=sys.stderr,
         )
         raise typer.Exit(1)
+
+
+# -------------------------------------------------------------------------------------------------- reproduce
+
+#: paper → (flow import path, default dataset)
+PAPERS: dict[str, tuple[str, str]] = {
+    "clip4clip": ("flows.reproduce_clip4clip:reproduce_clip4clip", "mini-retrieval"),
+}
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    paper: Annotated[str, typer.Argument(help="clip4clip | stan | ucofia | dcc | locvtp")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the paper's mini dataset).")] = None,
+    root: Annotated[str, typer.Option("--root", help="Run root (shards, checkpoints, MLflow DB).")] = "runs",
+    size: Annotated[str, typer.Option(help="Mini-world size: tiny | small | medium.")] = "small",
+    seed: Annotated[int, typer.Option(help="Mini-world seed.")] = 0,
+    workers: Annotated[int, typer.Option(help="Ray Train workers per training job.")] = 1,
+    ablations: Annotated[bool, typer.Option(help="Also run the paper's ablation table.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override every training config: key=value.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a paper's whole DAG; finished stages are reused on rerun."""
+    import importlib
+
+    from models.config import parse_overrides
+
+    if paper not in PAPERS:
+        raise typer.BadParameter(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}", param_hint="PAPER")
+    if size not in ("tiny", "small", "medium"):
+        raise typer.BadParameter(f"unknown size {size!r}", param_hint="--size")
+    path, default_dataset = PAPERS[paper]
+    module, attr = path.split(":")
+    flow_fn = getattr(importlib.import_module(module), attr)
+    kwargs: dict[str, Any] = {
+        "dataset": dataset or default_dataset,
+        "root": root,
+        "size": size,
+        "seed": seed,
+        "num_workers": workers,
+    }
+    if set_:
+        kwargs["overrides"] = parse_overrides(set_)
+    if ablations:
+        kwargs["ablations"] = True
+    result = flow_fn(**kwargs)
+    emit(result, as_json, _format_reproduce)
+
+
+def _format_reproduce(r: dict[str, Any]) -> str:
+    lines = [f"{r.get('paper')} on {r.get('dataset')} ({r.get('seconds')} s)"]
+    for name, head in (r.get("heads") or {}).items():
+        parts = []
+        for block in ("overall", "order"):
+            if block in head:
+                parts.append(
+                    f"{block}: t2v R@1 {head[block]['t2v']['R@1']:.1f} v2t R@1 {head[block]['v2t']['R@1']:.1f}"
+                )
+        lines.append(
+            f"  {name:14s} " + " | ".join(parts) + f"  (run {head.get('run_id')}, v{head.get('model_version')})"
+        )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------- eval

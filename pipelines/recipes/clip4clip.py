@@ -45,7 +45,8 @@ class Clip4ClipRecipe:
         return self.data.batches(epoch, rank, world_size, start)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return flatten(self.evaluate_full(model))
+        self.last_report = self.evaluate_full(model)  # kept for the driver's plots (rank arrays)
+        return flatten(self.last_report)
 
     def evaluate_full(self, model: nn.Module) -> dict[str, Any]:
         ev = self.data.eval_set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,10 @@ class MiniClipRecipe:
                 "images": preprocess_frames(d["images"][idx], arch_image_size(self.cfg.clip.arch)),
                 "text": tokenize(self.cfg.clip.arch, [d["vocab"][c] for c in chosen], self.context_length()),
             }
+
+    def export(self, model: nn.Module, folder: Path) -> None:
+        """The backbone alone, loadable by `build_clip(ClipConfig(arch, pretrained=folder / "clip.pt"))`."""
+        torch.save(model.clip.state_dict(), folder / "clip.pt")  # type: ignore[union-attr]
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Frame→caption retrieval on held-out frames against every distinct caption (R@K in percent)."""

@@ -1,0 +1,105 @@
+"""The reusable DAG stages every paper's flow composes: data → ingest → mini CLIP → features → training jobs.
+
+Each task is a thin wrapper over an idempotent function that leaves a commit marker (world.json, stage
+``_stats.json``, ``jobs/<run>.json``), so a rerun after a crash reuses finished stages twice over: Prefect returns the
+persisted result of a finished task (``INPUTS + TASK_SOURCE`` under the run root), and the function itself finds its
+marker. Stages are shared across papers: CLIP4Clip, STAN and UCoFiA runs on one dataset reuse the same ingest, mini
+CLIP and features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from flows.runtime import cache_policy, is_transient, result_storage
+from models.common.clip import ClipConfig
+from models.config import config_hash, merge, to_dict
+from pipelines import storage
+
+#: ingest settings of the mini datasets (frame rate by timestamp, 64 px frames = the mini CLIP's input)
+MINI_INGEST: dict[str, dict[str, Any]] = {
+    "mini-retrieval": {"fps": 4.0, "size": 64, "crop": 64, "samples_per_shard": 128},  # 3 s clips → 12 frames
+    "mini-wtal": {"fps": 25.0, "size": 64, "crop": 64, "samples_per_shard": 4},  # W-TAL protocol: 25 fps
+    "mini-grounding": {"fps": 8.0, "size": 64, "crop": 64, "samples_per_shard": 16},
+}
+
+
+def dataset_key(name: str, size: str, seed: int) -> str:
+    """Stage folder name of a generated dataset: one per (name, size, seed)."""
+    return f"{name}-{size}-s{seed}"
+
+
+def _cached(fn: Any, root: str) -> Any:
+    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
+
+
+@task(name="make-data", retries=1, retry_condition_fn=is_transient)
+def make_data(name: str, root: str, size: str, seed: int) -> dict[str, Any]:
+    from pipelines.miniworld import make_world
+
+    return make_world(name, storage.join(root, "data", dataset_key(name, size, seed)), seed=seed, size=size)
+
+
+@task(name="pretrain-mini-clip", retries=1, retry_condition_fn=is_transient)
+def pretrain_mini_clip(root: str, dataset: str, image_text: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The project's mini CLIP on the dataset's frame–caption pairs, registered in MLflow as ``mini-clip``."""
+    from infra.training_job import TrainingJob, run_job
+    from pipelines.recipes.miniclip import MiniClipConfig
+
+    cfg = merge(MiniClipConfig(image_text=image_text), overrides)
+    config = to_dict(cfg)
+    job = TrainingJob(
+        paper="mini-clip",
+        method="mini-clip",
+        recipe="miniclip",
+        config=config,
+        run_name=f"miniclip-{dataset}-{config_hash({**config, 'image_text': Path(image_text).name})}",
+        root=root,
+        metric="frame2caption/R@1",
+        tags={"vlrepro.dataset": dataset},
+    )
+    out = run_job(job)
+    out["clip_checkpoint"] = str(Path(out["model_dir"]) / "clip.pt")
+    out["clip_arch"] = cfg.clip.arch
+    return out
+
+
+@task(name="extract-clip-features", retries=1, retry_condition_fn=is_transient)
+def extract_clip_features(
+    frames_uri: str, root: str, dataset: str, arch: str, checkpoint: str, output: str = "cls", last_blocks: int = 4
+) -> dict[str, Any]:
+    from models.config import build
+    from pipelines.features.clip_frames import ClipFeatureConfig, extract
+
+    cfg = build(
+        ClipFeatureConfig,
+        {"clip": asdict(ClipConfig(arch=arch, pretrained=checkpoint)), "output": output, "last_blocks": last_blocks},
+    )
+    return extract(frames_uri, root, dataset, cfg)
+
+
+@task(name="train", retries=1, retry_condition_fn=is_transient)
+def train(job: dict[str, Any]) -> dict[str, Any]:
+    """One training job (Ray Train + MLflow + registry); see `infra.training_job`."""
+    from infra.training_job import TrainingJob, run_job
+
+    result = run_job(TrainingJob(**job))
+    return json.loads(json.dumps(result, default=str))
+
+
+def cached(root: str) -> dict[str, Any]:
+    """The stage tasks configured to persist results and cache keys under `root`."""
+    return {
+        name: _cached(t, root)
+        for name, t in (
+            ("make_data", make_data),
+            ("pretrain_mini_clip", pretrain_mini_clip),
+            ("extract_clip_features", extract_clip_features),
+            ("train", train),
+        )
+    }

@@ -1,0 +1,156 @@
+"""One training job end to end: MLflow run → Ray Train fit → evaluation → plots, dataset input, registry.
+
+Every paper's DAG trains through `run_job`, so the contracts hold for all of them:
+
+- **the job key** (`TrainingJob.run_name`) names the Ray run *and* the MLflow run (tag ``vlrepro.run_key``): relaunching
+  the same job resumes Ray from its last checkpoint and keeps **one** MLflow run (reliability notes §2.3 #17, §2.4 #22);
+- per-epoch metrics are logged from rank 0 during training (step = epoch); the final evaluation runs here on the
+  driver from the final weights and is logged with the ``final/`` prefix (step = epochs), with plots when the recipe
+  reports ranks (retrieval: recall@K curve, rank histogram);
+- the recipe's input stage manifest is the run's MLflow dataset input;
+- the model folder (``model.pt`` + ``job.json`` + recipe exports) is registered as a version of the method's model;
+  ``@champion`` moves only when the metric beats the current champion (idempotent per job key);
+- a finished job leaves ``<root>/jobs/<run_name>.json``; running it again returns that record without work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infra import ray_train
+from infra.registry import Registry
+from infra.tracking import Tracker, run_guard
+from pipelines import shards, storage
+from pipelines.recipes import RECIPES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    paper: str  # MLflow experiment: one per paper ("clip4clip", "stan", ...)
+    method: str  # registered model name ("clip4clip", "mini-clip", ...)
+    recipe: str  # key of `pipelines.recipes.RECIPES`
+    config: dict[str, Any]  # the recipe config, fully resolved (JSON-able)
+    run_name: str  # the job key: Ray run name and MLflow run key
+    root: str  # run root (Ray storage under <root>/ray, models under <root>/models)
+    metric: str = "t2v/R@1"  # champion metric, a key of the recipe's evaluation
+    higher_is_better: bool = True
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 1
+    register: bool = True
+    dataset_stage: str | None = None  # stage whose manifest is the run's dataset input
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def job_record_path(root: str, run_name: str) -> str:
+    storage.check_key(run_name)
+    return storage.join(root, "jobs", f"{run_name}.json")
+
+
+def finished_job(root: str, run_name: str) -> dict[str, Any] | None:
+    path = job_record_path(root, run_name)
+    return storage.read_json(path) if storage.exists(path) else None
+
+
+def _load_state(path: str) -> dict[str, torch.Tensor]:
+    with storage.open_read(path) as fh:
+        state = torch.load(fh, map_location="cpu", weights_only=True)
+    assert isinstance(state, dict)
+    return state
+
+
+def _plots(tracker: Tracker, run_id: str, report: dict[str, Any]) -> None:
+    ranks = report.get("ranks")
+    if not ranks:
+        return
+    from infra.plots import rank_histogram_figure, recall_curve_figure
+
+    tracker.log_figure(run_id, recall_curve_figure(ranks), "plots/recall_at_k.png")
+    tracker.log_figure(run_id, rank_histogram_figure(ranks), "plots/rank_histogram.png")
+
+
+def _jsonable(report: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in report.items() if k != "ranks"}, default=float))
+
+
+def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
+    """Train, evaluate, track and register `job`; idempotent (see module docstring)."""
+    done = finished_job(job.root, job.run_name)
+    if done is not None:
+        return {**done, "reused": True}
+    start = time.monotonic()
+    recipe_path = RECIPES[job.recipe]
+    tracker = Tracker.for_run_root(job.root)
+    run_id = tracker.start_or_resume(
+        job.paper,
+        job.run_name,
+        job.run_name,
+        params={"recipe": job.recipe, "config": job.config},
+        tags={"vlrepro.method": job.method, "vlrepro.recipe": job.recipe, **job.tags},
+    )
+    with run_guard(tracker, run_id):
+        fit = ray_train.fit(
+            recipe_path,
+            job.config,
+            ray_train.ScalingSpec(num_workers=job.num_workers, use_gpu=job.use_gpu),
+            ray_train.RunSpec(
+                name=job.run_name, storage_path=storage.join(job.root, "ray"), max_failures=job.max_failures
+            ),
+            on_epoch=tracker.epoch_logger(run_id),
+            ray_address=ray_address,
+        )
+        recipe = ray_train.load_recipe_fn(recipe_path)(job.config)
+        model = recipe.build_model()
+        model.load_state_dict(_load_state(fit.state_path))
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(recipe.evaluate(model))
+        report = dict(getattr(recipe, "last_report", None) or {})
+        epochs = len(fit.history)
+        tracker.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=epochs)
+        _plots(tracker, run_id, report)
+        if report:
+            tracker.log_dict(run_id, _jsonable(report), "evaluation/report.json")
+        if job.dataset_stage:
+            rows = shards.read_manifest(job.dataset_stage)
+            tracker.log_dataset(run_id, rows, source=job.dataset_stage, name=Path(job.dataset_stage).parent.name)
+        model_dir = Path(storage.local_path(storage.join(job.root, "models", job.run_name)))
+        model_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), model_dir / "model.pt")
+        (model_dir / "job.json").write_text(json.dumps(asdict(job), indent=1, sort_keys=True, default=str))
+        export = getattr(recipe, "export", None)
+        if callable(export):
+            export(model, model_dir)
+        registered: dict[str, Any] | None = None
+        value = metrics.get(job.metric)
+        if job.register:
+            if value is None:
+                raise KeyError(f"champion metric {job.metric!r} not in the evaluation: {sorted(metrics)}")
+            registered = Registry(tracker).register(
+                job.method, run_id, model_dir, job.metric, float(value), job.run_name, job.higher_is_better
+            )
+    record = {
+        "run_name": job.run_name,
+        "run_id": run_id,
+        "paper": job.paper,
+        "method": job.method,
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        "report": _jsonable(report) if report else {},
+        "history": fit.history,
+        "checkpoint": fit.checkpoint_path,
+        "model_dir": str(model_dir),
+        "registered": registered,
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    storage.write_json_atomic(job_record_path(job.root, job.run_name), record)
+    return {**record, "reused": False}

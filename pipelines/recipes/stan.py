@@ -1,0 +1,203 @@
+"""STAN training recipe: the `models.stan` network on retrieval shards (frames, or frozen-CLIP block outputs).
+
+Mirrors `pipelines/recipes/clip4clip.py` and reuses `retrieval_data` for batches and retrieval evaluation. STAN
+specifics (paper-code-notes §2.3):
+
+- optimiser defaults of the official MSR-VTT B/32 config: AdamW lr 2e-6 (CLIP; the branch ×10 via the model's
+  `lr_scales`), wd 0.05, β (0.9, 0.98), ε 1e-8, grad-norm clip 5, 10 epochs, global batch 128, 12 frames. Schedule:
+  warmup then cosine (METHODS §2). The official `param_scheduler` is LinearLR from 0.05 over epochs 0–10 then a
+  cosine from epoch 10, which 10 epochs never reach: in effect a linear ramp over the whole run;
+- frame sampler (`sampler="segment"`, official `UniformSample`): T equal segments, a random frame in each when
+  training, the middle one when evaluating (CLIP4Clip's `linspace` sampler is `sampler="uniform"`);
+- input "blocks" reads a `clip-blocks<K>` stage (`pipelines/features/clip_frames.py`, output "blocks"): per video
+  float16 ``(T, K, 1+N, W)``; the shared data code already pads arrays of any per-frame shape in its "features"
+  path, so the data side runs in "features" mode;
+- recognition evaluation (paper §4.3): each eval video's ``label`` is scored against class-name prompts
+  (`recognition/top1`, `recognition/top5`) and, with `model.num_classes > 0`, by the linear head
+  (`recognition_linear/top1`, `…/top5`); the head trains on class indices added to every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.common.clip import arch_image_size, preprocess_frames, tokenize
+from models.config import build as build_config
+from models.engine.loop import Batch, TrainConfig
+from models.engine.optim import OptimConfig
+from models.stan import StanConfig, class_prompts, topk_accuracy
+from models.stan import build as build_model
+from models.stan.recognition import DEFAULT_PROMPT
+from pipelines import shards
+from pipelines.recipes.retrieval_data import (
+    EvalSet,
+    RetrievalData,
+    RetrievalDataConfig,
+    flatten,
+    report,
+    similarity_matrix,
+)
+from pipelines.sampling import segment_indices, uniform_indices
+
+Sampler = Literal["segment", "uniform"]
+
+# model input mode → the shared data config's mode (block outputs travel the generic array path of "features")
+DATA_INPUT: dict[str, Literal["pixels", "features"]] = {"pixels": "pixels", "blocks": "features"}
+
+
+def _stan_train() -> TrainConfig:
+    # official configs/exp/stan/stan_msrvtt_b32_hf.py (paper-code-notes §2.3)
+    optim = OptimConfig(lr=2e-6, weight_decay=0.05, betas=(0.9, 0.98), eps=1e-8, warmup_fraction=0.1, grad_clip=5.0)
+    return TrainConfig(epochs=10, batch_size=128, seed=42, optim=optim)
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    enabled: bool = True  # evaluate recognition when the eval videos carry a "label"
+    prompt: str = DEFAULT_PROMPT  # "{name}" = the label in words ("left-then-up" → "left, then up")
+    classes: tuple[str, ...] = ()  # class labels in index order; () = the sorted labels found in the stage
+
+
+@dataclass(frozen=True)
+class StanRecipeConfig:
+    data: RetrievalDataConfig = field(default_factory=RetrievalDataConfig)
+    model: StanConfig = field(default_factory=StanConfig)
+    train: TrainConfig = field(default_factory=_stan_train)
+    sampler: Sampler = "segment"  # official UniformSample (random per segment in training, middle at test)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+
+
+class StanData(RetrievalData):
+    """`RetrievalData` with STAN's segment sampler and, when asked, class indices in every batch."""
+
+    def __init__(
+        self, cfg: RetrievalDataConfig, global_batch: int, seed: int, sampler: Sampler, classes: Sequence[str] = ()
+    ) -> None:
+        super().__init__(cfg, global_batch, seed)
+        self.sampler = sampler
+        self.class_index = {c: i for i, c in enumerate(classes)}
+
+    def frame_indices(self, n: int, rng: np.random.Generator | None) -> np.ndarray:
+        if self.sampler == "segment":
+            return segment_indices(n, self.cfg.max_frames, rng)  # rng None (evaluation) → segment middles
+        return uniform_indices(n, self.cfg.max_frames)
+
+    def video_tensor(
+        self, arrays: Sequence[np.ndarray], rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Videos → ``(B, T, …)`` (frames preprocessed, or per-frame arrays as float) and the ``(B, T)`` mask."""
+        t = self.cfg.max_frames
+        out, mask = [], torch.zeros(len(arrays), t, dtype=torch.bool)
+        for i, arr in enumerate(arrays):
+            idx = self.frame_indices(len(arr), rng)
+            x = torch.from_numpy(np.ascontiguousarray(arr[idx]))
+            x = preprocess_frames(x, arch_image_size(self.cfg.arch)) if self.cfg.input == "pixels" else x.float()
+            out.append(torch.cat([x, x.new_zeros((t - x.shape[0], *x.shape[1:]))]))  # (t, …)
+            mask[i, : len(idx)] = True
+        return torch.stack(out), mask
+
+    def collate(self, samples: list[tuple[str, dict[str, Any]]], rng: np.random.Generator) -> dict[str, Any]:
+        batch = super().collate(samples, rng)
+        if self.class_index:
+            batch["label"] = torch.tensor([self.class_index[m["json"]["label"]] for _, m in samples])
+        return batch
+
+
+def stage_labels(uri: str) -> dict[str, str]:
+    """Video key → ``label`` from the samples' JSON metadata (arrays are not decoded)."""
+    labels: dict[str, str] = {}
+    for index in shards.committed_shards(uri):
+        for key, members in shards.iter_shard(uri, index, decode=False):
+            if "json" in members:
+                label = shards.decode_member("meta.json", members["json"]).get("label")
+                if isinstance(label, str) and label:
+                    labels[key] = label
+    return labels
+
+
+class StanRecipe:
+    def __init__(self, cfg: StanRecipeConfig) -> None:
+        # the data side follows the model's input mode and frame/word budget: one source of truth
+        m = cfg.model
+        data = replace(
+            cfg.data, input=DATA_INPUT[m.input], max_frames=m.max_frames, max_words=m.max_words, arch=m.clip.arch
+        )
+        self.cfg = replace(cfg, data=data)
+        self.train: TrainConfig = cfg.train
+
+    @cached_property
+    def labels(self) -> dict[str, str]:
+        return stage_labels(self.cfg.data.stage)
+
+    @cached_property
+    def classes(self) -> list[str]:
+        return list(self.cfg.recognition.classes) or sorted(set(self.labels.values()))
+
+    @cached_property
+    def data(self) -> StanData:
+        head_classes = self.classes if self.cfg.model.num_classes else []
+        if head_classes and len(head_classes) != self.cfg.model.num_classes:
+            raise ValueError(f"model.num_classes={self.cfg.model.num_classes} but the stage has {len(head_classes)}")
+        return StanData(self.cfg.data, self.train.batch_size, self.train.seed, self.cfg.sampler, head_classes)
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg.model)
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        return self.data.steps_per_epoch(world_size)
+
+    def batches(self, epoch: int, rank: int, world_size: int, start: int = 0) -> Iterator[Batch]:
+        return self.data.batches(epoch, rank, world_size, start)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return flatten_all(self.evaluate_full(model))
+
+    def evaluate_full(self, model: nn.Module) -> dict[str, Any]:
+        ev = self.data.eval_set()
+        out: dict[str, Any] = {"retrieval": report(similarity_matrix(model, self.data, ev), ev, self.cfg.data.subsets)}
+        if self.cfg.recognition.enabled:
+            out.update(self.recognition(model, ev))
+        return out
+
+    @torch.no_grad()
+    def recognition(self, model: Any, ev: EvalSet) -> dict[str, dict[str, float]]:
+        """Top-1/top-5 of the eval videos that have a label among `classes` (prompts; linear head if any)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        keep = [i for i, k in enumerate(ev.keys) if self.labels.get(k) in index]
+        if not keep or len(index) < 2:
+            return {}
+        gt = np.array([index[self.labels[ev.keys[i]]] for i in keep], dtype=np.int64)
+        b = self.cfg.data.eval_batch
+        prompts = tokenize(
+            self.cfg.data.arch, class_prompts(self.classes, self.cfg.recognition.prompt), self.cfg.data.max_words
+        )
+        class_repr = model.encode_text_for_eval(prompts)  # (C, D)
+        videos = [ev.videos[i] for i in keep]
+        video_repr = torch.cat(
+            [model.encode_video_for_eval(*self.data.video_tensor(videos[i : i + b])) for i in range(0, len(videos), b)]
+        )  # (V, D)
+        out = {"recognition": topk_accuracy(model.recognition_scores(video_repr, class_repr).float().cpu().numpy(), gt)}
+        if getattr(model, "recognition_head", None) is not None:
+            logits = model.recognition_logits(video_repr).float().cpu().numpy()
+            out["recognition_linear"] = topk_accuracy(logits, gt)
+        return out
+
+
+def flatten_all(rep: Mapping[str, Any]) -> dict[str, float]:
+    """Retrieval metrics as `retrieval_data.flatten` names them (``t2v/R@1``…), recognition as ``recognition/top1``."""
+    flat = flatten(rep["retrieval"])
+    for name, metrics in rep.items():
+        if name != "retrieval":
+            flat.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+    return flat
+
+
+def build(config: Mapping[str, Any]) -> StanRecipe:
+    return StanRecipe(build_config(StanRecipeConfig, config))
