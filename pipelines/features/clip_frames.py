@@ -130,6 +130,7 @@ def _process(
             "status": "ok",
             "error": "",
             "split": meta.get("split", ""),  # loaders select training/evaluation videos from these rows
+            "label": meta.get("label", ""),
             "n_frames": int(f.shape[0]),
             "shape": list(f.shape),
             "seconds": round(per, 4),

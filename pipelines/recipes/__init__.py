@@ -8,4 +8,5 @@ from __future__ import annotations
 RECIPES: dict[str, str] = {
     "miniclip": "pipelines.recipes.miniclip:build",
     "clip4clip": "pipelines.recipes.clip4clip:build",
+    "stan": "pipelines.recipes.stan:build",
 }

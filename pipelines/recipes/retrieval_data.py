@@ -23,13 +23,14 @@ from models.common.clip import arch_image_size, preprocess_frames, tokenize
 from models.common.metrics.retrieval import ranks, recall_metrics, retrieval_report, video_to_caption_group_sim
 from pipelines import shards
 from pipelines.loaders import EpochPlan, ShardIndex
-from pipelines.sampling import uniform_indices
+from pipelines.sampling import segment_indices, uniform_indices
 
 
 @dataclass(frozen=True)
 class RetrievalDataConfig:
-    stage: str = ""  # committed stage URI: ingest frames (pixels input) or clip-features (features input)
-    input: Literal["pixels", "features"] = "features"
+    stage: str = ""  # committed stage URI: ingest frames (pixels) or a CLIP feature stage (features/tokens/blocks)
+    input: Literal["pixels", "features", "tokens", "blocks"] = "features"  # pixels are CLIP-normalised, others cast
+    sampler: Literal["uniform", "segment"] = "uniform"  # CLIP4Clip: uniform linspace; STAN: random per segment
     arch: str = "vlrepro-mini"  # CLIP architecture: tokenizer and input resolution
     max_frames: int = 12  # CLIP4Clip: 12 frames (MSR-VTT), 64 for ActivityNet/DiDeMo
     max_words: int = 32  # CLIP4Clip: 32 words
@@ -49,9 +50,10 @@ def _split_keys(uri: str, split: str) -> set[str]:
 @dataclass
 class EvalSet:
     keys: list[str]
-    videos: list[np.ndarray]  # per video: (T, D) features or (T, H, W, 3) frames
+    videos: list[np.ndarray]  # per video: (T, ...) features or (T, H, W, 3) frames
     captions: list[str]
     caption_video: np.ndarray  # (C,) index of each caption's video
+    labels: list[Any] = field(default_factory=list)  # per video: its action label (recognition), "" if none
 
 
 class RetrievalData:
@@ -79,19 +81,27 @@ class RetrievalData:
                 epoch * self.cfg.repeats_per_epoch + r, rank, world_size, self.collate, start=offset
             )
 
+    def frame_indices(self, n: int, rng: np.random.Generator | None) -> np.ndarray:
+        """Which of a video's n frames to use: CLIP4Clip's uniform linspace, or STAN's segment sampler (a random
+        frame per segment when training with `rng`, the segment middle at evaluation)."""
+        if self.cfg.sampler == "segment":
+            return segment_indices(n, self.cfg.max_frames, rng)
+        return uniform_indices(n, self.cfg.max_frames)
+
     def video_tensor(
         self, arrays: Sequence[np.ndarray], rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Videos → ``(B, T, D)`` features or ``(B, T, 3, S, S)`` frames, and the ``(B, T)`` bool mask."""
+        """Videos → ``(B, T, ...)`` per-frame arrays as float (pixel input: ``(B, T, 3, S, S)`` CLIP-normalised
+        frames), and the ``(B, T)`` bool mask (True = real frame)."""
         t = self.cfg.max_frames
         out, mask = [], torch.zeros(len(arrays), t, dtype=torch.bool)
         for i, arr in enumerate(arrays):
-            idx = uniform_indices(len(arr), t)
+            idx = self.frame_indices(len(arr), rng)
             x = torch.from_numpy(np.ascontiguousarray(arr[idx]))
             if self.cfg.input == "pixels":
                 x = preprocess_frames(x, arch_image_size(self.cfg.arch))  # (t, 3, S, S)
             else:
-                x = x.float()  # (t, D)
+                x = x.float()  # (t, ...): CLS features, tokens or block outputs
             pad = torch.zeros((t - x.shape[0], *x.shape[1:]), dtype=x.dtype)
             out.append(torch.cat([x, pad]))
             mask[i, : len(idx)] = True
@@ -122,7 +132,13 @@ class RetrievalData:
             for c in metas[i].get("captions") or []:
                 captions.append(c)
                 owner.append(j)
-        return EvalSet([keys[i] for i in sel], [arrays[i] for i in sel], captions, np.asarray(owner, dtype=np.int64))
+        return EvalSet(
+            [keys[i] for i in sel],
+            [arrays[i] for i in sel],
+            captions,
+            np.asarray(owner, dtype=np.int64),
+            [metas[i].get("label", "") for i in sel],
+        )
 
 
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

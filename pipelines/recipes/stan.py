@@ -10,8 +10,7 @@ specifics (paper-code-notes §2.3):
 - frame sampler (`sampler="segment"`, official `UniformSample`): T equal segments, a random frame in each when
   training, the middle one when evaluating (CLIP4Clip's `linspace` sampler is `sampler="uniform"`);
 - input "blocks" reads a `clip-blocks<K>` stage (`pipelines/features/clip_frames.py`, output "blocks"): per video
-  float16 ``(T, K, 1+N, W)``; the shared data code already pads arrays of any per-frame shape in its "features"
-  path, so the data side runs in "features" mode;
+  float16 ``(T, K, 1+N, W)``;
 - recognition evaluation (paper §4.3): each eval video's ``label`` is scored against class-name prompts
   (`recognition/top1`, `recognition/top5`) and, with `model.num_classes > 0`, by the linear head
   (`recognition_linear/top1`, `…/top5`); the head trains on class indices added to every batch.
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.common.clip import arch_image_size, preprocess_frames, tokenize
+from models.common.clip import tokenize
 from models.config import build as build_config
 from models.engine.loop import Batch, TrainConfig
 from models.engine.optim import OptimConfig
@@ -44,12 +43,8 @@ from pipelines.recipes.retrieval_data import (
     report,
     similarity_matrix,
 )
-from pipelines.sampling import segment_indices, uniform_indices
 
 Sampler = Literal["segment", "uniform"]
-
-# model input mode → the shared data config's mode (block outputs travel the generic array path of "features")
-DATA_INPUT: dict[str, Literal["pixels", "features"]] = {"pixels": "pixels", "blocks": "features"}
 
 
 def _stan_train() -> TrainConfig:
@@ -75,33 +70,11 @@ class StanRecipeConfig:
 
 
 class StanData(RetrievalData):
-    """`RetrievalData` with STAN's segment sampler and, when asked, class indices in every batch."""
+    """`RetrievalData` with, when the linear recognition head is on, class indices in every batch."""
 
-    def __init__(
-        self, cfg: RetrievalDataConfig, global_batch: int, seed: int, sampler: Sampler, classes: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, cfg: RetrievalDataConfig, global_batch: int, seed: int, classes: Sequence[str] = ()) -> None:
         super().__init__(cfg, global_batch, seed)
-        self.sampler = sampler
         self.class_index = {c: i for i, c in enumerate(classes)}
-
-    def frame_indices(self, n: int, rng: np.random.Generator | None) -> np.ndarray:
-        if self.sampler == "segment":
-            return segment_indices(n, self.cfg.max_frames, rng)  # rng None (evaluation) → segment middles
-        return uniform_indices(n, self.cfg.max_frames)
-
-    def video_tensor(
-        self, arrays: Sequence[np.ndarray], rng: np.random.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Videos → ``(B, T, …)`` (frames preprocessed, or per-frame arrays as float) and the ``(B, T)`` mask."""
-        t = self.cfg.max_frames
-        out, mask = [], torch.zeros(len(arrays), t, dtype=torch.bool)
-        for i, arr in enumerate(arrays):
-            idx = self.frame_indices(len(arr), rng)
-            x = torch.from_numpy(np.ascontiguousarray(arr[idx]))
-            x = preprocess_frames(x, arch_image_size(self.cfg.arch)) if self.cfg.input == "pixels" else x.float()
-            out.append(torch.cat([x, x.new_zeros((t - x.shape[0], *x.shape[1:]))]))  # (t, …)
-            mask[i, : len(idx)] = True
-        return torch.stack(out), mask
 
     def collate(self, samples: list[tuple[str, dict[str, Any]]], rng: np.random.Generator) -> dict[str, Any]:
         batch = super().collate(samples, rng)
@@ -111,15 +84,8 @@ class StanData(RetrievalData):
 
 
 def stage_labels(uri: str) -> dict[str, str]:
-    """Video key → ``label`` from the samples' JSON metadata (arrays are not decoded)."""
-    labels: dict[str, str] = {}
-    for index in shards.committed_shards(uri):
-        for key, members in shards.iter_shard(uri, index, decode=False):
-            if "json" in members:
-                label = shards.decode_member("meta.json", members["json"]).get("label")
-                if isinstance(label, str) and label:
-                    labels[key] = label
-    return labels
+    """Video key → its action ``label`` from the stage manifest (no array is decoded)."""
+    return {r["key"]: r["label"] for r in shards.read_manifest(uri) if isinstance(r.get("label"), str) and r["label"]}
 
 
 class StanRecipe:
@@ -127,10 +93,16 @@ class StanRecipe:
         # the data side follows the model's input mode and frame/word budget: one source of truth
         m = cfg.model
         data = replace(
-            cfg.data, input=DATA_INPUT[m.input], max_frames=m.max_frames, max_words=m.max_words, arch=m.clip.arch
+            cfg.data,
+            input=m.input,
+            sampler=cfg.sampler,
+            max_frames=m.max_frames,
+            max_words=m.max_words,
+            arch=m.clip.arch,
         )
         self.cfg = replace(cfg, data=data)
         self.train: TrainConfig = cfg.train
+        self.last_report: dict[str, Any] = {}
 
     @cached_property
     def labels(self) -> dict[str, str]:
@@ -145,7 +117,7 @@ class StanRecipe:
         head_classes = self.classes if self.cfg.model.num_classes else []
         if head_classes and len(head_classes) != self.cfg.model.num_classes:
             raise ValueError(f"model.num_classes={self.cfg.model.num_classes} but the stage has {len(head_classes)}")
-        return StanData(self.cfg.data, self.train.batch_size, self.train.seed, self.cfg.sampler, head_classes)
+        return StanData(self.cfg.data, self.train.batch_size, self.train.seed, head_classes)
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg.model)
@@ -157,11 +129,14 @@ class StanRecipe:
         return self.data.batches(epoch, rank, world_size, start)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return flatten_all(self.evaluate_full(model))
+        self.last_report = self.evaluate_full(model)  # kept for the driver's plots (rank arrays)
+        return flatten_all(self.last_report)
 
     def evaluate_full(self, model: nn.Module) -> dict[str, Any]:
+        """The retrieval report (`retrieval_data.report`: "overall", subsets, "ranks") plus "recognition" and, with a
+        linear head, "recognition_linear" blocks of top-k accuracies."""
         ev = self.data.eval_set()
-        out: dict[str, Any] = {"retrieval": report(similarity_matrix(model, self.data, ev), ev, self.cfg.data.subsets)}
+        out = report(similarity_matrix(model, self.data, ev), ev, self.cfg.data.subsets)
         if self.cfg.recognition.enabled:
             out.update(self.recognition(model, ev))
         return out
@@ -190,12 +165,14 @@ class StanRecipe:
         return out
 
 
+RECOGNITION_BLOCKS = ("recognition", "recognition_linear")
+
+
 def flatten_all(rep: Mapping[str, Any]) -> dict[str, float]:
     """Retrieval metrics as `retrieval_data.flatten` names them (``t2v/R@1``…), recognition as ``recognition/top1``."""
-    flat = flatten(rep["retrieval"])
-    for name, metrics in rep.items():
-        if name != "retrieval":
-            flat.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+    flat = flatten({k: v for k, v in rep.items() if k not in RECOGNITION_BLOCKS})
+    for name in RECOGNITION_BLOCKS:
+        flat.update({f"{name}/{k}": float(v) for k, v in rep.get(name, {}).items()})
     return flat
 
 
