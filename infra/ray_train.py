@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow.fs
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray.train import (
@@ -426,7 +427,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     on_epoch: EpochCallback | None = config["on_epoch"]
 
     seed_everything(recipe.train.seed)
-    trainer = Trainer(recipe, recipe.build_model(), rank, world)
+    trainer = Trainer(recipe, recipe.build_model(), rank, world, device=ray.train.torch.get_device())
     history: list[dict[str, float]] = []
     resumes = 0
     checkpoint = ray.train.get_checkpoint()

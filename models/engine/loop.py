@@ -79,6 +79,23 @@ class Progress:
 MetricsCallback = Callable[[Mapping[str, float], int], None]
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Tensors of a batch (nested in dicts/lists/tuples) on `device`; everything else as is."""
+    if device.type == "cpu":
+        return batch
+
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=True)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(move(v) for v in x)
+        return x
+
+    return {k: move(v) for k, v in batch.items()}
+
+
 class Trainer:
     """Runs a `Recipe` on this rank.
 
@@ -87,14 +104,17 @@ class Trainer:
     constraining `forward`'s signature or tripping over frozen branches.
     """
 
-    def __init__(self, recipe: Recipe, model: nn.Module, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, recipe: Recipe, model: nn.Module, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+    ) -> None:
         self.recipe = recipe
         self.rank = rank
         self.world_size = world_size
         self.cfg = recipe.train
         if not isinstance(model, TrainableModel):
             raise TypeError(f"{type(model).__name__} does not implement training_step/lr_scales/after_step")
-        self.model: Any = model
+        self.device = torch.device(device)
+        self.model: Any = model.to(self.device)
         if world_size > 1:
             distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
         self.steps_per_epoch = recipe.steps_per_epoch(world_size)
@@ -134,7 +154,7 @@ class Trainer:
         n = 0
         start = time.monotonic()
         for batch in self.recipe.batches(epoch, self.rank, self.world_size, start=self.progress.batch_in_epoch):
-            outputs = self.model.training_step(batch)
+            outputs = self.model.training_step(to_device(batch, self.device))
             loss = outputs["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {self.progress.step}")

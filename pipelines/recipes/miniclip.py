@@ -133,15 +133,15 @@ class MiniClipRecipe:
     def zero_shot(self, model: nn.Module) -> Mapping[str, float]:
         d = self.data
         clip: ClipBackbone = model.clip  # type: ignore[assignment]
+        device = next(clip.parameters()).device
         test = d["test"][: self.cfg.eval_max]
-        text = torch.nn.functional.normalize(
-            clip.encode_text(tokenize(self.cfg.clip.arch, d["vocab"], self.context_length())), dim=-1
-        )
+        tokens = tokenize(self.cfg.clip.arch, d["vocab"], self.context_length()).to(device)
+        text = torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1)
         feats = []
         for i in range(0, len(test), 256):
-            x = preprocess_frames(d["images"][test[i : i + 256]], clip.image_size)
+            x = preprocess_frames(d["images"][test[i : i + 256]], clip.image_size).to(device)
             feats.append(torch.nn.functional.normalize(clip.encode_image(x), dim=-1))
-        sim = (torch.cat(feats) @ text.T).numpy()  # (frames, captions)
+        sim = (torch.cat(feats) @ text.T).cpu().numpy()  # (frames, captions)
         return recall_metrics(ranks(sim, d["cap_id"][test]))
 
 

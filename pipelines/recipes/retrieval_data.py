@@ -149,14 +149,15 @@ def similarity_matrix(model: Any, data: RetrievalData, ev: EvalSet) -> np.ndarra
     """(captions, videos) similarities from a model's eval API (`encode_text_for_eval`, `encode_video_for_eval`,
     `similarity`), computed in batches."""
     b = data.cfg.eval_batch
+    device = next(model.parameters()).device  # evaluation may run on a worker's GPU
     texts = [
-        model.encode_text_for_eval(tokenize(data.cfg.arch, ev.captions[i : i + b], data.cfg.max_words))
+        model.encode_text_for_eval(tokenize(data.cfg.arch, ev.captions[i : i + b], data.cfg.max_words).to(device))
         for i in range(0, len(ev.captions), b)
     ]
     vids = []
     for i in range(0, len(ev.videos), b):
         video, mask = data.video_tensor(ev.videos[i : i + b])
-        vids.append(model.encode_video_for_eval(video, mask))
+        vids.append(model.encode_video_for_eval(video.to(device), mask.to(device)))
     text_repr = _cat(texts)
     video_repr = _cat(vids)
     return model.similarity(text_repr, video_repr).float().cpu().numpy()

@@ -153,10 +153,14 @@ class StanRecipe:
         prompts = tokenize(
             self.cfg.data.arch, class_prompts(self.classes, self.cfg.recognition.prompt), self.cfg.data.max_words
         )
-        class_repr = model.encode_text_for_eval(prompts)  # (C, D)
+        device = next(model.parameters()).device
+        class_repr = model.encode_text_for_eval(prompts.to(device))  # (C, D)
         videos = [ev.videos[i] for i in keep]
         video_repr = torch.cat(
-            [model.encode_video_for_eval(*self.data.video_tensor(videos[i : i + b])) for i in range(0, len(videos), b)]
+            [
+                model.encode_video_for_eval(*(t.to(device) for t in self.data.video_tensor(videos[i : i + b])))
+                for i in range(0, len(videos), b)
+            ]
         )  # (V, D)
         out = {"recognition": topk_accuracy(model.recognition_scores(video_repr, class_repr).float().cpu().numpy(), gt)}
         if getattr(model, "recognition_head", None) is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +31,6 @@ from models.engine.loop import Batch, TrainConfig
 from models.ucofia import UCoFiA, UCoFiAConfig, sinkhorn_fuse
 from models.ucofia import build as build_model
 from pipelines.recipes.retrieval_data import EvalSet, RetrievalData, RetrievalDataConfig, _cat, flatten, report
-
-#: model input → what `RetrievalData` loads. Frame tokens (T, 1+N, D) are arrays passed through as float32, which
-#: is exactly the "features" path of `RetrievalData.video_tensor` (it pads along T whatever the trailing shape).
-DATA_INPUTS: dict[str, Literal["pixels", "features"]] = {"pixels": "pixels", "tokens": "features"}
 
 Repr = dict[str, torch.Tensor]
 
@@ -58,9 +54,7 @@ class UCoFiARecipe:
     def __init__(self, cfg: UCoFiARecipeConfig) -> None:
         # the data side follows the model's input mode and frame/word budget: one source of truth
         m = cfg.model
-        data = replace(
-            cfg.data, input=DATA_INPUTS[m.input], max_frames=m.max_frames, max_words=m.max_words, arch=m.clip.arch
-        )
+        data = replace(cfg.data, input=m.input, max_frames=m.max_frames, max_words=m.max_words, arch=m.clip.arch)
         self.cfg = replace(cfg, data=data)
         self.train: TrainConfig = cfg.train
 
@@ -114,9 +108,10 @@ class UCoFiARecipe:
 
 @torch.no_grad()
 def encode_captions(model: UCoFiA, data: RetrievalData, captions: Sequence[str]) -> Repr:
-    b = data.cfg.eval_batch
+    """Caption representations in batches of `eval_batch`, on the model's device (evaluation may run on a GPU)."""
+    b, device = data.cfg.eval_batch, next(model.parameters()).device
     parts = [
-        model.encode_text_for_eval(tokenize(data.cfg.arch, list(captions[i : i + b]), data.cfg.max_words))
+        model.encode_text_for_eval(tokenize(data.cfg.arch, list(captions[i : i + b]), data.cfg.max_words).to(device))
         for i in range(0, len(captions), b)
     ]
     return _cat(parts)
@@ -124,11 +119,12 @@ def encode_captions(model: UCoFiA, data: RetrievalData, captions: Sequence[str])
 
 @torch.no_grad()
 def encode_videos(model: UCoFiA, data: RetrievalData, videos: Sequence[np.ndarray]) -> Repr:
-    b = data.cfg.eval_batch
+    """Video representations in batches of `eval_batch` (deterministic frame sampling), on the model's device."""
+    b, device = data.cfg.eval_batch, next(model.parameters()).device
     parts = []
     for i in range(0, len(videos), b):
         video, mask = data.video_tensor(videos[i : i + b])
-        parts.append(model.encode_video_for_eval(video, mask))
+        parts.append(model.encode_video_for_eval(video.to(device), mask.to(device)))
     return _cat(parts)
 
 
