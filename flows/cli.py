@@ -282,6 +282,52 @@ def eval_retrieval(
     emit(report, as_json, _format_retrieval)
 
 
+@eval_app.command("detection")
+def eval_detection(
+    ground_truth: Annotated[Path, typer.Option("--ground-truth", help="ActivityNet/THUMOS ground-truth JSON.")],
+    predictions: Annotated[Path, typer.Option("--predictions", help="ActivityNet-format predictions JSON.")],
+    subset: Annotated[str | None, typer.Option(help="Evaluate this subset only (e.g. test, validation).")] = None,
+    tiou: Annotated[str, typer.Option(help="Comma-separated tIoU thresholds, or 'thumos' / 'anet'.")] = "thumos",
+    as_json: JsonOpt = False,
+) -> None:
+    """Temporal action detection mAP per tIoU and average mAP (fractions), ActivityNet toolkit semantics."""
+    from models.common.metrics.detection import ANET_TIOU, THUMOS14_TIOU, detection_map
+
+    named = {"thumos": THUMOS14_TIOU, "anet": ANET_TIOU}
+    try:
+        thresholds = list(named[tiou]) if tiou in named else [float(t) for t in tiou.split(",") if t.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{tiou!r} is not a list of numbers", param_hint="--tiou") from exc
+    if not thresholds or not all(0 < t <= 1 for t in thresholds):
+        raise typer.BadParameter("thresholds must lie in (0, 1]", param_hint="--tiou")
+    gt = _load_json(ground_truth, "--ground-truth")
+    pred = _load_json(predictions, "--predictions")
+    database = gt.get("database", gt) if isinstance(gt, dict) else None
+    results = pred.get("results", pred) if isinstance(pred, dict) else None
+    if not isinstance(database, dict):
+        raise typer.BadParameter("expected {'database': {video: {...}}}", param_hint="--ground-truth")
+    if not isinstance(results, dict):
+        raise typer.BadParameter("expected {'results': {video: [...]}}", param_hint="--predictions")
+    out = detection_map(database, results, thresholds, subset=subset)
+    result = {"tiou": out["tiou"], "mAP": out["mAP"], "average_mAP": out["average_mAP"]}
+    emit(
+        result,
+        as_json,
+        lambda r: (
+            "\n".join(f"mAP@{t:.2f} {m:.4f}" for t, m in zip(r["tiou"], r["mAP"])) + f"\naverage {r['average_mAP']:.4f}"
+        ),
+    )
+
+
+def _load_json(path: Path, hint: str) -> Any:
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist", param_hint=hint)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not valid JSON ({exc})", param_hint=hint) from exc
+
+
 def _format_retrieval(r: dict[str, Any]) -> str:
     lines = []
     for d in ("t2v", "v2t"):

@@ -8,7 +8,7 @@ pre-trained mini CLIP sees the same pixel distribution it is later applied to (A
   levels and a smooth shading of ±6 levels in steps of 3; no per-pixel grain, which would bloat the files); it
   never changes from frame to frame, so identical object states give identical frames. The retrieval order twins
   rely on that (see `retrieval`).
-- Objects: circle, square (half side 0.9·r) or upward-pointing equilateral triangle (circumradius 1.4·r), radius
+- Objects: circle, square (half side 1.0·r) or upward-pointing equilateral triangle (circumradius 1.4·r), radius
   r ≈ 6 px, drawn with 4×4 supersampling, optional rotation and opacity (fades). Sub-pixel state is quantised
   (1/8 px position, 1/16 px radius, 0.5° angle) so that masks can be cached; rendering is a pure function of the
   job, identical in any process.
@@ -29,7 +29,7 @@ FRAME = 64  # frame side in pixels
 RADIUS = 6.0  # default object radius in pixels (feasibility study: ~6 px on 64×64)
 TILE = 8  # background texture tile side in pixels
 SUPERSAMPLE = 4  # anti-aliasing: SUPERSAMPLE² coverage samples per pixel
-SQUARE_HALF_SIDE = 0.9  # × radius; a square of about the circle's area
+SQUARE_HALF_SIDE = 1.0  # × radius: the square circumscribes the circle, so its corners tell it apart at 64 px
 TRIANGLE_CIRCUMRADIUS = 1.4  # × radius; a triangle of similar visual size
 
 

@@ -33,7 +33,7 @@ from pipelines.miniworld import grounding, image_text, retrieval, wtal
 from pipelines.miniworld.encoding import write_videos
 from pipelines.miniworld.plan import SIZES, WorldPlan, check_size
 
-GENERATOR_VERSION = "1"  # bump whenever a rule changes what is generated for a given (name, seed, size)
+GENERATOR_VERSION = "2"  # bump whenever a rule changes what is generated for a given (name, seed, size)
 MARKER = "world.json"
 PENDING = ".generating.json"
 SOURCES_COLUMNS = ("key", "path", "split", "label", "captions")

@@ -9,6 +9,7 @@ RECIPES: dict[str, str] = {
     "miniclip": "pipelines.recipes.miniclip:build",
     "clip4clip": "pipelines.recipes.clip4clip:build",
     "stan": "pipelines.recipes.stan:build",
+    "ucofia": "pipelines.recipes.ucofia:build",
     "locvtp": "pipelines.recipes.locvtp:build",
     "grounding": "pipelines.recipes.grounding:build",
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -123,9 +124,13 @@ class RetrievalData:
         }
 
     # ----------------------------------------------------------------------------------------------- evaluation
+    @cached_property
+    def _stage(self) -> tuple[list[str], list[np.ndarray], list[dict[str, Any]]]:
+        return shards.load_stage(self.cfg.stage)  # read once: evaluation needs the test split and the train bank
+
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = split or self.cfg.eval_split
-        keys, arrays, metas = shards.load_stage(self.cfg.stage)
+        keys, arrays, metas = self._stage
         sel = [i for i, m in enumerate(metas) if m.get("split") == split]
         captions, owner = [], []
         for j, i in enumerate(sel):
@@ -158,18 +163,19 @@ def similarity_matrix(model: Any, data: RetrievalData, ev: EvalSet) -> np.ndarra
     for i in range(0, len(ev.videos), b):
         video, mask = data.video_tensor(ev.videos[i : i + b])
         vids.append(model.encode_video_for_eval(video.to(device), mask.to(device)))
-    text_repr = _cat(texts)
-    video_repr = _cat(vids)
+    text_repr = concat_reprs(texts)
+    video_repr = concat_reprs(vids)
     return model.similarity(text_repr, video_repr).float().cpu().numpy()
 
 
-def _cat(parts: list[Any]) -> Any:
+def concat_reprs(parts: list[Any]) -> Any:
+    """Concatenate per-batch representations along dim 0: tensors, or tuples / dicts of tensors."""
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     if isinstance(parts[0], tuple):
-        return tuple(_cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return tuple(concat_reprs([p[i] for p in parts]) for i in range(len(parts[0])))
     if isinstance(parts[0], dict):
-        return {k: _cat([p[k] for p in parts]) for k in parts[0]}
+        return {k: concat_reprs([p[k] for p in parts]) for k in parts[0]}
     raise TypeError(f"cannot concatenate {type(parts[0]).__name__}")
 
 

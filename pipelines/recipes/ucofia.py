@@ -30,7 +30,7 @@ from models.config import build as build_config
 from models.engine.loop import Batch, TrainConfig
 from models.ucofia import UCoFiA, UCoFiAConfig, sinkhorn_fuse
 from models.ucofia import build as build_model
-from pipelines.recipes.retrieval_data import EvalSet, RetrievalData, RetrievalDataConfig, _cat, flatten, report
+from pipelines.recipes.retrieval_data import EvalSet, RetrievalData, RetrievalDataConfig, concat_reprs, flatten, report
 
 Repr = dict[str, torch.Tensor]
 
@@ -114,7 +114,7 @@ def encode_captions(model: UCoFiA, data: RetrievalData, captions: Sequence[str])
         model.encode_text_for_eval(tokenize(data.cfg.arch, list(captions[i : i + b]), data.cfg.max_words).to(device))
         for i in range(0, len(captions), b)
     ]
-    return _cat(parts)
+    return concat_reprs(parts)
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def encode_videos(model: UCoFiA, data: RetrievalData, videos: Sequence[np.ndarra
     for i in range(0, len(videos), b):
         video, mask = data.video_tensor(videos[i : i + b])
         parts.append(model.encode_video_for_eval(video.to(device), mask.to(device)))
-    return _cat(parts)
+    return concat_reprs(parts)
 
 
 @torch.no_grad()
