@@ -51,6 +51,15 @@ eval_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 
+
+def _mount_subcommands() -> None:
+    from flows.train_cli import train_app  # light module: heavy imports happen inside its commands
+
+    app.add_typer(train_app, name="train")
+
+
+_mount_subcommands()
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
@@ -228,6 +237,12 @@ def reproduce_cmd(
     if set_:
         kwargs["overrides"] = parse_overrides(set_)
     if ablations:
+        import inspect
+
+        if "ablations" not in inspect.signature(flow_fn.fn).parameters:
+            raise typer.BadParameter(
+                f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
+            )
         kwargs["ablations"] = True
     result = flow_fn(**kwargs)
     emit(result, as_json, _format_reproduce)

@@ -167,6 +167,12 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def merge_dict(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain (nested) config dict with dotted or nested `overrides` applied — for configs that are validated
+    later, when the dataclass is known (a recipe built from its name)."""
+    return _deep_merge(dict(base), _nest(overrides))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-friendly nested dict of a dataclass config (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
