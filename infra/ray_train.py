@@ -296,7 +296,7 @@ def _readable_error(run_name: str, error: Exception) -> TrainingError:
 
 # ---------------------------------------------------------------------------------------------------------- storage
 def _run_dir(run: RunSpec) -> tuple[pyarrow.fs.FileSystem, str]:
-    if not run.name or "/" in run.name:
+    if not run.name or "/" in run.name or run.name in (".", ".."):  # "..": the run dir would escape storage_path
         raise ValueError(f"run name must be a non-empty path component, got {run.name!r}")
     fs, root = pyarrow.fs.FileSystem.from_uri(run.storage_uri())  # the same resolution Ray's storage uses
     return fs, f"{root.rstrip('/')}/{run.name}"

@@ -15,10 +15,13 @@ Every paper's DAG trains through `run_job`, so the contracts hold for all of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,23 @@ def job_record_path(root: str, run_name: str) -> str:
 def finished_job(root: str, run_name: str) -> dict[str, Any] | None:
     path = job_record_path(root, run_name)
     return storage.read_json(path) if storage.exists(path) else None
+
+
+@contextlib.contextmanager
+def _model_folder(uri: str) -> Iterator[Path]:
+    """A local folder for the model files: `uri` itself when it is local; for an object store, a temporary folder
+    whose files are uploaded to `uri` (one PUT each) when the block succeeds. The job record, written after, is the
+    whole job's commit marker, so a model folder without a record is an unfinished job, rewritten by the rerun."""
+    if storage.is_local(uri):
+        folder = storage.local_path(uri)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="vlrepro-model-") as tmp:
+        staging = Path(tmp)
+        yield staging
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            storage.publish_file(path, storage.join(uri, path.relative_to(staging).as_posix()))
 
 
 def _load_state(path: str) -> dict[str, torch.Tensor]:
@@ -124,21 +144,21 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         if job.dataset_stage:
             rows = shards.read_manifest(job.dataset_stage)
             tracker.log_dataset(run_id, rows, source=job.dataset_stage, name=Path(job.dataset_stage).parent.name)
-        model_dir = Path(storage.local_path(storage.join(job.root, "models", job.run_name)))
-        model_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), model_dir / "model.pt")
-        (model_dir / "job.json").write_text(json.dumps(asdict(job), indent=1, sort_keys=True, default=str))
-        export = getattr(recipe, "export", None)
-        if callable(export):
-            export(model, model_dir)
-        registered: dict[str, Any] | None = None
-        value = metrics.get(job.metric)
-        if job.register:
-            if value is None:
-                raise KeyError(f"champion metric {job.metric!r} not in the evaluation: {sorted(metrics)}")
-            registered = Registry(tracker).register(
-                job.method, run_id, model_dir, job.metric, float(value), job.run_name, job.higher_is_better
-            )
+        model_uri = storage.join(job.root, "models", job.run_name)
+        with _model_folder(model_uri) as model_dir:
+            torch.save(model.state_dict(), model_dir / "model.pt")
+            (model_dir / "job.json").write_text(json.dumps(asdict(job), indent=1, sort_keys=True, default=str))
+            export = getattr(recipe, "export", None)
+            if callable(export):
+                export(model, model_dir)
+            registered: dict[str, Any] | None = None
+            value = metrics.get(job.metric)
+            if job.register:
+                if value is None:
+                    raise KeyError(f"champion metric {job.metric!r} not in the evaluation: {sorted(metrics)}")
+                registered = Registry(tracker).register(
+                    job.method, run_id, model_dir, job.metric, float(value), job.run_name, job.higher_is_better
+                )
     record = {
         "run_name": job.run_name,
         "run_id": run_id,
@@ -148,7 +168,7 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         "report": _jsonable(report) if report else {},
         "history": fit.history,
         "checkpoint": fit.checkpoint_path,
-        "model_dir": str(model_dir),
+        "model_dir": str(model_dir) if storage.is_local(model_uri) else model_uri,
         "registered": registered,
         "seconds": round(time.monotonic() - start, 2),
     }

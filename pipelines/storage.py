@@ -37,8 +37,14 @@ def check_key(key: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem for `uri` and the path within it."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    """The fsspec filesystem for `uri` and the path within it.
+
+    Directory listings are never cached. Other processes (Prefect tasks, Ray workers, a rerun after a kill) write
+    commit markers and rewrite shards under the same prefix, and s3fs's listing cache would hide the new markers and
+    serve the old size of a rewritten object: reading it then fails with ``FileExpired``, seen against moto.
+    Endpoint and credentials come from the environment, where s3fs/botocore read them (``AWS_ENDPOINT_URL``, ...).
+    """
+    fs, path = fsspec.core.url_to_fs(uri, use_listings_cache=False)
     return fs, path
 
 
