@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class TrainingJob:
     paper: str  # MLflow experiment: one per paper ("clip4clip", "stan", ...)
     method: str  # registered model name ("clip4clip", "mini-clip", ...)
-    recipe: str  # key of `pipelines.recipes.RECIPES`
+    recipe: str  # key of `pipelines.recipes.RECIPES`, or an importable "package.module:function" recipe builder
     config: dict[str, Any]  # the recipe config, fully resolved (JSON-able)
     run_name: str  # the job key: Ray run name and MLflow run key
     root: str  # run root (Ray storage under <root>/ray, models under <root>/models)
@@ -109,7 +109,7 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
     if done is not None:
         return {**done, "reused": True}
     start = time.monotonic()
-    recipe_path = RECIPES[job.recipe]
+    recipe_path = RECIPES.get(job.recipe, job.recipe)  # a registered name, or an importable 'module:function'
     tracker = Tracker.for_run_root(job.root)
     run_id = tracker.start_or_resume(
         job.paper,
@@ -167,6 +167,7 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
         "report": _jsonable(report) if report else {},
         "history": fit.history,
+        "resumes": fit.resumes,
         "checkpoint": fit.checkpoint_path,
         "model_dir": str(model_dir) if storage.is_local(model_uri) else model_uri,
         "registered": registered,
