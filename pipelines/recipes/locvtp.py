@@ -56,6 +56,7 @@ from pipelines.features.locvtp_clips import (
     gather_clips,
     moment_clips,
     stored_stride,
+    video_fps,
 )
 from pipelines.loaders import EpochPlan, Sample, ShardIndex, batched, iter_samples, rank_shards
 
@@ -69,6 +70,9 @@ class LocVTPDataConfig:
     test_queries: str = ""  # Charades-STA file of the held-out queries (evaluation)
     sentences: int = 3  # consecutive queries per example (module docstring); 1 = one query and its moment
     repeats_per_epoch: int = 1  # passes over the training videos per epoch
+    # examples (sentence runs at distinct starts) drawn from each sampled video into the same batch: > 1 puts
+    # negatives that share the video's appearance, and differ only in what moves, into every contrastive term
+    examples_per_video: int = 1
     train_split: str = "train"
     eval_split: str = "test"
     batch_clips: int = 256  # clips per encoder forward at evaluation
@@ -105,16 +109,21 @@ def read_queries(path: str, durations: Mapping[str, float]) -> list[GroundingQue
     return parse_charades_sta("\n".join(lines), durations, source=path)
 
 
-def sentence_run(
-    queries: Sequence[GroundingQuery], k: int, rng: np.random.Generator, arch: str, max_words: int
-) -> list[GroundingQuery]:
-    """A random run of min(k, Q) consecutive queries whose joined text fits `max_words` tokens (shortened if not)."""
+def sentence_runs(
+    queries: Sequence[GroundingQuery], k: int, g: int, rng: np.random.Generator, arch: str, max_words: int
+) -> list[list[GroundingQuery]]:
+    """`g` runs of min(k, Q) consecutive queries, at distinct random starts while there are enough (repeated
+    otherwise); a run whose joined text exceeds `max_words` tokens is shortened from its end."""
     k = min(k, len(queries))
-    first = int(rng.integers(len(queries) - k + 1))
-    run = list(queries[first : first + k])
-    while len(run) > 1 and _n_tokens(arch, SEPARATOR.join(q.sentence for q in run), max_words) > max_words:
-        run.pop()
-    return run
+    n_starts = len(queries) - k + 1
+    starts = rng.choice(n_starts, size=g, replace=n_starts < g)
+    runs = []
+    for first in starts.tolist():
+        run = list(queries[first : first + k])
+        while len(run) > 1 and _n_tokens(arch, SEPARATOR.join(q.sentence for q in run), max_words) > max_words:
+            run.pop()
+        runs.append(run)
+    return runs
 
 
 def _n_tokens(arch: str, text: str, max_words: int) -> int:
@@ -168,8 +177,13 @@ class LocVTPRecipe:
     def __init__(self, cfg: LocVTPRecipeConfig) -> None:
         if not cfg.data.stage:
             raise ValueError("LocVTPDataConfig.stage must be a committed stage URI")
-        if cfg.data.sentences < 1 or cfg.data.repeats_per_epoch < 1:
-            raise ValueError("data.sentences and data.repeats_per_epoch must be >= 1")
+        if min(cfg.data.sentences, cfg.data.repeats_per_epoch, cfg.data.examples_per_video) < 1:
+            raise ValueError("data.sentences, data.repeats_per_epoch and data.examples_per_video must be >= 1")
+        if cfg.train.batch_size % cfg.data.examples_per_video:
+            raise ValueError(
+                f"train.batch_size {cfg.train.batch_size} is not a multiple of "
+                f"data.examples_per_video {cfg.data.examples_per_video}"
+            )
         frame_stride(cfg.model)  # clip_frames must be a multiple of frames_per_clip
         self.cfg = cfg
         self.train: TrainConfig = cfg.train
@@ -197,7 +211,8 @@ class LocVTPRecipe:
         keys = set(self.train_queries)
         if not keys:
             raise ValueError(f"no training video of {self.cfg.data.stage} has a query in {self.cfg.data.train_queries}")
-        return EpochPlan(ShardIndex.from_stage(self.cfg.data.stage, keys=keys), self.train.batch_size, self.train.seed)
+        videos = self.train.batch_size // self.cfg.data.examples_per_video  # videos per global batch
+        return EpochPlan(ShardIndex.from_stage(self.cfg.data.stage, keys=keys), videos, self.train.seed)
 
     def steps_per_epoch(self, world_size: int) -> int:
         return self.plan.steps(world_size) * self.cfg.data.repeats_per_epoch
@@ -224,11 +239,12 @@ class LocVTPRecipe:
             if i >= start:
                 yield self.collate(group, np.random.default_rng([plan.seed, epoch, rank, 2, i]))
 
-    def example(self, key: str, array: np.ndarray, meta: Mapping[str, Any], rng: np.random.Generator) -> Batch:
-        """One training example of video `key`: a sentence run, its span's T clips and the joined text."""
+    def example(
+        self, array: np.ndarray, meta: Mapping[str, Any], run: Sequence[GroundingQuery], rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """One training example: the T clips of the run's span ``[first.start, last.end)`` and the joined text."""
         m = self.cfg.model
-        run = sentence_run(self.train_queries[key], self.cfg.data.sentences, rng, m.clip.arch, m.max_words)
-        fps = float(meta.get("fps") or meta.get("fps_out"))
+        fps = video_fps(meta)
         stride = stored_stride(meta)
         n_source = int(meta.get("n_source_frames") or len(array) * stride)
         first = min(int(np.floor(run[0].start * fps)), n_source - 1)
@@ -238,14 +254,21 @@ class LocVTPRecipe:
         return {"frames": frames, "text": SEPARATOR.join(q.sentence for q in run)}
 
     def collate(self, samples: list[Sample], rng: np.random.Generator) -> dict[str, Any]:
-        examples = [self.example(key, m["npy"], m.get("json", {}), rng) for key, m in samples]
+        """`examples_per_video` examples (sentence runs) of each sampled video, a video's examples adjacent."""
+        m, d = self.cfg.model, self.cfg.data
+        examples, keys = [], []
+        for key, members in samples:
+            for run in sentence_runs(
+                self.train_queries[key], d.sentences, d.examples_per_video, rng, m.clip.arch, m.max_words
+            ):
+                examples.append(self.example(members["npy"], members.get("json", {}), run, rng))
+                keys.append(key)
         frames = torch.stack([e["frames"] for e in examples])  # (B, T, F, ...)
-        m = self.cfg.model
         return {
             "frames": frames,
             "clip_mask": torch.ones(frames.shape[:2], dtype=torch.bool),
             "text": tokenize(m.clip.arch, [e["text"] for e in examples], m.max_words),
-            "keys": [key for key, _ in samples],
+            "keys": keys,
         }
 
     # ----- model and evaluation ----------------------------------------------------------------------------------
@@ -270,9 +293,7 @@ class LocVTPRecipe:
         ev = self.eval_videos
         feats = encode_dense_clips(model, ev.arrays, ev.metas, self.cfg.data.batch_clips)
         clips = dict(zip(ev.keys, feats, strict=True))
-        seconds = {
-            k: self.cfg.model.clip_frames / float(m.get("fps") or m.get("fps_out")) for k, m in zip(ev.keys, ev.metas)
-        }
+        seconds = {k: self.cfg.model.clip_frames / video_fps(m) for k, m in zip(ev.keys, ev.metas)}
         text = encode_sentences(model, [q.sentence for q in self.test_queries])
         return moment_retrieval(clips, seconds, self.test_queries, text)
 
