@@ -53,9 +53,11 @@ app.add_typer(eval_app, name="eval")
 
 
 def _mount_subcommands() -> None:
-    from flows.train_cli import train_app  # light module: heavy imports happen inside its commands
+    from flows.serve import serve  # light modules: heavy imports happen inside their commands
+    from flows.train_cli import train_app
 
     app.add_typer(train_app, name="train")
+    app.command("serve")(serve)
 
 
 _mount_subcommands()
@@ -200,6 +202,10 @@ def ingest_cmd(
 #: paper → (flow import path, default dataset)
 PAPERS: dict[str, tuple[str, str]] = {
     "clip4clip": ("flows.reproduce_clip4clip:reproduce_clip4clip", "mini-retrieval"),
+    "stan": ("flows.reproduce_stan:reproduce_stan", "mini-retrieval"),
+    "ucofia": ("flows.reproduce_ucofia:reproduce_ucofia", "mini-retrieval"),
+    "dcc": ("flows.reproduce_dcc:reproduce_dcc", "mini-wtal"),
+    "locvtp": ("flows.reproduce_locvtp:reproduce_locvtp", "mini-grounding"),
 }
 
 

@@ -1,0 +1,268 @@
+"""Ablation tables as data: a paper's variants → one training job each → a table in the flow's JSON and in MLflow.
+
+A paper's DAG declares its ablations as plain data (`flows/reproduce_stan.py`, `flows/reproduce_ucofia.py`):
+
+- **variants**: name → config overrides of the main run. Each variant is one training job whose key (the Ray run
+  name, the MLflow run key, the ``jobs/<key>.json`` record) is ``<paper>-<variant>-<dataset>-<config hash>``
+  (`variant_job`), so a rerun — or another table naming the same variant — reuses the finished job;
+- **rows**: `Row(group, label, variant, block)` — which variant's result fills a row of which ablation group; one
+  variant may fill rows of several groups (the full method is the reference row of every group) and is trained once.
+
+`run_variants` trains the variants in order through the DAG's cached ``train`` task; `build_table` turns the job
+records into rows (the paper's own metric columns, e.g. recognition for STAN); `log_table` writes the table to
+MLflow as one **summary run** per (paper, dataset, set of jobs) in the paper's experiment (tag
+``vlrepro.kind=ablation-table``): ``tables/ablations.json`` (rows + the paper's claims), ``tables/ablations.md``
+(markdown), ``tables/ablations_table.json`` (MLflow's table artefact, shown as a table in the UI) and one metric per
+numeric cell (``<variant>/<column>``). The run key includes a digest of the job keys, so the same table logs into
+the same run on rerun and a table over other jobs (other overrides) gets its own run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prefect import task
+
+from flows.runtime import is_transient
+from models.config import config_hash
+
+#: metric columns every retrieval table carries: column → (report block, direction, metric)
+RETRIEVAL_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "t2v R@1": ("overall", "t2v", "R@1"),
+    "t2v R@5": ("overall", "t2v", "R@5"),
+    "v2t R@1": ("overall", "v2t", "R@1"),
+    "order t2v R@1": ("order", "t2v", "R@1"),
+    "order v2t R@1": ("order", "v2t", "R@1"),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of an ablation table: `variant`'s job result, read from report `block` ("" = the main blocks)."""
+
+    group: str  # the ablation ("branch", "cross-frame", "levels", ...): rows of a group are compared
+    label: str  # what the row shows, as the paper's table names it
+    variant: str  # key of the paper's variants table
+    block: str = ""  # read the overall metrics from this report block instead (UCoFiA: "no_sinkhorn")
+
+
+def variant_job(
+    paper: str,
+    method: str,
+    recipe: str,
+    variant: str,
+    dataset: str,
+    config: dict[str, Any],
+    root: str,
+    stage: str,
+    num_workers: int = 1,
+    register: bool = True,
+    metric: str = "t2v/R@1",
+) -> dict[str, Any]:
+    """The `infra.training_job.TrainingJob` fields of one variant; job key = paper, variant, dataset, config hash."""
+    return {
+        "paper": paper,
+        "method": method,
+        "recipe": recipe,
+        "config": config,
+        "run_name": f"{paper}-{variant}-{dataset}-{config_hash(config, length=8)}",
+        "root": root,
+        "metric": metric,
+        "num_workers": num_workers,
+        "register": register,
+        "dataset_stage": stage,
+        "tags": {"vlrepro.variant": variant},
+    }
+
+
+def run_variants(
+    names: Sequence[str], make_job: Callable[[str], dict[str, Any]], train: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Train each variant once, in order, through the DAG's ``train`` task; ``{name: job record + "reused"}``.
+
+    ``reused`` says whether the job had finished before this call (its ``jobs/<key>.json`` existed): the train task's
+    own result cannot say so when Prefect returns a persisted result.
+    """
+    from infra.training_job import finished_job
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(names):
+        job = make_job(name)
+        reused = finished_job(job["root"], job["run_name"]) is not None
+        out[name] = {**train(job), "reused": reused}
+    return out
+
+
+def retrieval_cells(report: Mapping[str, Any], block: str = "") -> dict[str, float | None]:
+    """The `RETRIEVAL_COLUMNS` of one job report (None where the report lacks the block, e.g. no order subset)."""
+    cells: dict[str, float | None] = {}
+    for column, (name, direction, metric) in RETRIEVAL_COLUMNS.items():
+        source = block if (block and name == "overall") else name
+        value = report.get(source, {}).get(direction, {}).get(metric)
+        cells[column] = None if value is None else round(float(value), 2)
+    return cells
+
+
+def build_table(
+    rows: Sequence[Row],
+    results: Mapping[str, Mapping[str, Any]],
+    extra: Callable[[Row, Mapping[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Table rows: group, label, variant, the retrieval columns (+ `extra(row, record)`), the job's key and run id.
+
+    A row whose block only has overall metrics (UCoFiA's un-normalised ``no_sinkhorn``) leaves the order columns None
+    rather than mixing in the normalised order numbers.
+    """
+    table = []
+    for row in rows:
+        record = results[row.variant]
+        report = record.get("report") or {}
+        cells = retrieval_cells(report, row.block)
+        if row.block:
+            cells.update({c: None for c, (name, _, _) in RETRIEVAL_COLUMNS.items() if name != "overall"})
+        table.append(
+            {
+                **asdict(row),
+                **cells,
+                **(extra(row, record) if extra else {}),
+                "run_name": record["run_name"],
+                "run_id": record["run_id"],
+            }
+        )
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}" if math.isfinite(value) else "nan"
+    return str(value)
+
+
+def markdown_table(table: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-markdown table of `table` (all keys of the first row except run ids, unless `columns` is given)."""
+    if not table:
+        return ""
+    cols = list(columns) if columns is not None else [c for c in table[0] if c not in ("run_name", "run_id", "block")]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in table]
+    return "\n".join(lines)
+
+
+@task(name="log-ablation-table", retries=1, retry_condition_fn=is_transient)
+def log_table(
+    root: str, paper: str, dataset: str, table: list[dict[str, Any]], claims: dict[str, str]
+) -> dict[str, Any]:
+    """Log `table` to MLflow as the summary run of (paper, dataset, jobs); idempotent; returns its run id and key."""
+    from infra.tracking import Tracker, mlflow_key, run_guard
+
+    jobs = sorted({r["run_name"] for r in table})
+    run_key = f"{paper}-ablations-{dataset}-{config_hash(jobs, length=8)}"
+    tracker = Tracker.for_run_root(root)
+    run_id = tracker.start_or_resume(
+        paper,
+        run_key,
+        run_key,
+        params={"dataset": dataset, "jobs": jobs},
+        tags={"vlrepro.kind": "ablation-table", "vlrepro.dataset": dataset},
+    )
+    with run_guard(tracker, run_id):
+        tracker.log_dict(run_id, {"paper": paper, "dataset": dataset, "claims": claims, "rows": table}, _JSON)
+        markdown = markdown_table(table) + "\n\n" + "\n".join(f"- **{g}**: {c}" for g, c in claims.items()) + "\n"
+        tracker.client.log_text(run_id, markdown, _MARKDOWN)
+        # `log_table` appends to an existing table artefact: log it once per run (same jobs ⇒ same table)
+        logged = {f.path for f in tracker.client.list_artifacts(run_id, "tables")}
+        if table and _UI_TABLE not in logged:
+            tracker.client.log_table(run_id, {c: [r.get(c) for r in table] for c in table[0]}, _UI_TABLE)
+        numeric = {
+            mlflow_key(f"{r['variant']}{'.' + r['block'] if r.get('block') else ''}/{c}"): float(v)
+            for r in table
+            for c, v in r.items()
+            if isinstance(v, float) and math.isfinite(v)
+        }
+        tracker.log_metrics(run_id, numeric, step=0)
+    return {"run_id": run_id, "run_key": run_key}
+
+
+_JSON = "tables/ablations.json"
+_MARKDOWN = "tables/ablations.md"
+_UI_TABLE = "tables/ablations_table.json"
+
+__all__ = [
+    "RETRIEVAL_COLUMNS",
+    "Row",
+    "build_table",
+    "log_table",
+    "markdown_table",
+    "retrieval_cells",
+    "run_variants",
+    "variant_job",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the STAN and UCoFiA ablation tables on one run root (they share the world, ingest and mini CLIP); write
+    ``<root>/<paper>-ablations.json`` with wall time and machine load (1-min load average sampled every 30 s), and
+    print the markdown tables."""
+    import argparse
+    import json
+    import os
+    import statistics
+    import threading
+    import time
+    from pathlib import Path
+
+    import torch
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from flows.reproduce_stan import reproduce_stan
+    from flows.reproduce_ucofia import reproduce_ucofia
+
+    for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
+        os.environ.setdefault(var, value)
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", default="/tmp/vlrepro-ablations", help="run root shared by both papers")
+    parser.add_argument("--size", default="small", help="mini-world size: tiny | small | medium")
+    parser.add_argument("--papers", default="stan,ucofia", help="comma-separated, run in this order")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the driver evaluates each job; the shared 2-core machine (conventions)
+
+    flows = {"stan": reproduce_stan, "ucofia": reproduce_ucofia}
+    for paper in args.papers.split(","):
+        samples: list[float] = []
+        done = threading.Event()
+
+        def sample(out: list[float] = samples, stop: threading.Event = done) -> None:
+            while not stop.wait(30.0):
+                out.append(os.getloadavg()[0])
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        wall = time.monotonic()
+        # the ephemeral Prefect API needs more than its default 20 s to start on a loaded 2-core machine; no telemetry
+        settings = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180, PREFECT_SERVER_ANALYTICS_ENABLED: False}
+        with temporary_settings(updates=settings):
+            result = flows[paper](root=args.root, size=args.size, ablations=True)
+        done.set()
+        result["wall_seconds"] = round(time.monotonic() - wall, 1)
+        result["load"] = {
+            "mean_1min": round(statistics.fmean(samples), 2) if samples else None,
+            "max_1min": max(samples, default=None),
+            "cpus": os.cpu_count(),
+        }
+        Path(args.root, f"{paper}-ablations.json").write_text(json.dumps(result, indent=1, default=str))
+        print(f"\n## {paper} ({result['dataset']}): {result['wall_seconds']} s, load {result['load']}\n")
+        print(markdown_table(result["ablations"]["rows"]))
+    return 0
+
+
+if __name__ == "__main__":  # python -m flows.ablations --root /tmp/vlrepro-ablations --size small
+    raise SystemExit(main())

@@ -1,0 +1,576 @@
+"""`reproduce-dcc`: data → ingest at 25 fps → TV-L1 flow (per shard) → I3D RGB+flow features, and mini CLIP → CLIP
+frame features → CBP warm-up → alternating B/F steps → inference → evaluation → registry, plus (``ablations=True``)
+the paper's table: CBP only, VLP only, only F steps, only B steps, full alternation.
+
+DCC (Ju et al., CVPR 2023; METHODS §4) on the mini-wtal world (`pipelines.miniworld.wtal`). Stages and jobs, each
+reused on rerun (Prefect's persisted results under ``<root>/.prefect``, and each stage's own commit marker or job
+record):
+
+| stage | task | output |
+|---|---|---|
+| mini-wtal world, frames at 25 fps, 64 px | `stages.make_data`, `ingest_flow` | frames stage |
+| TV-L1 flow, one task per frames shard | `tvl1_plan` → `tvl1_shard`.map → `tvl1_commit` | ``tvl1-flow`` stage |
+| two-stream I3D, random-init tiny width | `i3d_features` | ``i3d-features`` stage |
+| mini CLIP on the world's frame–caption pairs | `stages.pretrain_mini_clip` | ``mini-clip`` model |
+| CLIP frame features (CLS, every 25 fps frame) | `stages.extract_clip_features` | ``clip-features`` stage |
+| parent MLflow run of the DAG | `open_parent_run` | run id, tagged as every step's parent |
+| warm-up, B, F, B, F … (one job each) | `stages.train` (recipe ``dcc``) | ``models/<run>/model.pt`` + predictions |
+| evaluation of the final step's prediction file | `score_predictions` | mAP at THUMOS / ActivityNet tIoUs |
+| tables, timeline plots, registry summary | `log_results` | artefacts on the parent run |
+
+**Steps are jobs.** The warm-up and every B / F step is its own `infra.training_job.TrainingJob` (recipe
+``pipelines.recipes.dcc``, the stage chosen by ``stage``), run by its own Prefect task, with its own Ray run name (the
+job key ``dcc-<i><stage>-<dataset>-<config digest>`` → resumable from its own checkpoints), its own MLflow run — a
+**child** of the DAG's parent run (tag ``mlflow.parentRunId``) — and its own job record. Step i starts from step
+i−1's final weights (config ``init_from`` = that job's ``model.pt``), so its key digests its predecessor's key: a
+crash in step k leaves steps < k finished (job records, Prefect cache) and the rerun resumes at step k. Ablation
+chains that share a prefix with the main chain (the warm-up; only-B's first B step) have the same keys for it and
+reuse it. Only the main chain's final step is registered (model ``dcc``, champion metric `METRIC`).
+
+**TV-L1 fan-out.** `tvl1_plan` lists one job per committed frames shard (`pipelines.features.tvl1.plan_flow`);
+`tvl1_shard` is mapped over them (Prefect ``.map``), tagged ``"tvl1"``. Concurrency, three ways:
+
+- in this process, at most ``flow_workers`` shards compute at once (a local semaphore; default 2 = this machine's
+  cores; OpenCV releases the GIL inside ``calc``, so threads scale like processes);
+- across flow runs / workers of a deployment: a Prefect tag limit, ``prefect concurrency-limit create tvl1 2``
+  (inspect with ``prefect concurrency-limit inspect tvl1``, remove with ``... delete tvl1``);
+- with ``RAY_ADDRESS`` set, each shard runs as a Ray task (``num_cpus=1``, `_flow_shard_on_ray`) on the cluster,
+  which schedules them; the Prefect task only waits for it.
+
+The flow → I3D branch runs in Prefect's worker threads while the main thread trains the mini CLIP (a Ray job) and
+extracts the CLIP features, so the 2 cores stay busy during the single-threaded stages.
+
+**Budget** (`SIZES`, on top of ``models/dcc/configs/mini-wtal.yaml``): the default DAG on ``size="small"`` (16
+training + 8 test videos of 30–40 s; ~21,000 TV-L1 pairs at ~0.011 s CPU each) should take ~10 minutes on 2 quiet
+CPU cores; ``ablations=True`` adds four step jobs (VLP warm-up, two F steps, one B step) — see `SIZES` for the step
+sizes and why.
+
+Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the config they change: ``dcc.``
+(`pipelines.recipes.dcc.DCCRecipeConfig`: ``dcc.model.stages.rounds=3``, ``dcc.model.distill.high=0.4``),
+``miniclip.`` (`MiniClipConfig`), ``i3d.`` (`I3DFeatureConfig`: ``i3d.rgb_weights=/path/rgb_imagenet.pt``,
+``i3d.flow_weights=…``, ``i3d.width=1.0`` for users with pytorch-i3d weights) or ``tvl1.`` (`TVL1Config`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_table_artifact
+
+from flows import stages
+from flows.ingest import ingest_flow
+from flows.runtime import cache_policy, is_transient, result_storage
+from models.config import build, config_hash, load, merge, to_dict
+from models.dcc import VARIANT_EVAL_BRANCH, DCCConfig, stage_schedule
+from pipelines import shards, storage
+from pipelines.features.i3d import I3DFeatureConfig
+from pipelines.features.tvl1 import TVL1Config
+from pipelines.recipes.dcc import DCCRecipeConfig
+
+CONFIG = Path(__file__).resolve().parents[1] / "models" / "dcc" / "configs" / "mini-wtal.yaml"
+PAPER = "dcc"
+#: the registry's champion metric: THUMOS-style average mAP over tIoU 0.1:0.7 of the CBP branch (the paper infers
+#: from CBP); fractions
+METRIC = "cbp/AVG(0.1:0.7)"
+MAIN_VARIANT = "full"
+#: ablation rows in the order of the paper's table
+ABLATIONS: tuple[str, ...] = ("cbp_only", "vlp_only", "only_f", "only_b", "full")
+
+#: documented overrides per world size: {"dcc" | "miniclip" | "i3d" | "tvl1": {dotted key: value}}
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    # 3 training videos, 2 test: only proves the DAG end to end — one round (warm-up, B, F), one-epoch steps, the
+    # mini CLIP a handful of steps, TV-L1 at 16 px with a 2-level pyramid and few iterations (~10× cheaper).
+    "tiny": {
+        "dcc": {
+            "model.stages.rounds": 1,
+            "model.stages.warmup_epochs": 2,
+            "model.stages.step_epochs": 1,
+            "model.stages.batch_size": 3,
+            "model.cbp.width": 32,
+            "model.cbp.heads": 2,
+        },
+        "miniclip": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
+        "i3d": {},
+        "tvl1": {"flow_size": 16, "nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5},
+    },
+    # 16 training videos = 2 steps per pass at batch 8. An epoch (one Ray checkpoint) is 10 passes = 20 steps:
+    # warm-up 12 epochs = 240 steps (MIL converges on 16 videos), each B / F step 2 epochs = 40 steps; 2 rounds.
+    "small": {
+        "dcc": {
+            "data.repeats_per_epoch": 10,
+            "model.stages.warmup_epochs": 12,
+            "model.stages.step_epochs": 2,
+        },
+        "miniclip": {},
+        "i3d": {},
+        "tvl1": {},
+    },
+    # 48 training videos = 6 steps per pass: an epoch = 4 passes = 24 steps; warm-up 10 epochs, steps 2 epochs.
+    "medium": {
+        "dcc": {
+            "data.repeats_per_epoch": 4,
+            "model.stages.warmup_epochs": 10,
+            "model.stages.step_epochs": 2,
+        },
+        "miniclip": {},
+        "i3d": {},
+        "tvl1": {},
+    },
+}
+OVERRIDE_PREFIXES = ("dcc", "miniclip", "i3d", "tvl1")
+
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+# ----- TV-L1 flow, fanned out per shard --------------------------------------------------------------------------
+
+
+def _slots(n: int) -> threading.BoundedSemaphore:
+    with _SLOTS_LOCK:
+        if n not in _SLOTS:
+            _SLOTS[n] = threading.BoundedSemaphore(n)
+        return _SLOTS[n]
+
+
+def _flow_shard_on_ray(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One flow shard as a Ray task on the cluster at ``RAY_ADDRESS`` (one CPU; OpenCV runs single-threaded)."""
+    import ray
+
+    from infra import ray_train
+
+    ray_train.connect()
+
+    def run(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.features.tvl1 import flow_shard
+
+        return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, cfg)).as_dict()
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(run)
+    result: dict[str, Any] = ray.get(remote.remote(job, frames_uri, cfg))
+    return result
+
+
+@task(name="tvl1-plan", retries=1, retry_condition_fn=is_transient)
+def tvl1_plan(frames_uri: str, root: str, dataset: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Create / check the flow stage; one job per committed frames shard."""
+    from pipelines.features.tvl1 import plan_flow
+
+    uri, jobs = plan_flow(frames_uri, root, dataset, build(TVL1Config, cfg))
+    return {"stage_uri": uri, "jobs": [j.to_dict() for j in jobs]}
+
+
+@task(name="tvl1-shard", retries=1, retry_condition_fn=is_transient, tags=["tvl1"])
+def tvl1_shard(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any], workers: int) -> dict[str, Any]:
+    """TV-L1 flow of one frames shard (idempotent: a committed shard is skipped). On Ray when ``RAY_ADDRESS`` is
+    set; else here, at most `workers` shards at once in this process."""
+    from pipelines.features.tvl1 import flow_shard
+
+    if os.environ.get("RAY_ADDRESS"):
+        return _flow_shard_on_ray(job, frames_uri, cfg)
+    with _slots(workers):
+        return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, cfg)).as_dict()
+
+
+@task(name="tvl1-commit", retries=1, retry_condition_fn=is_transient)
+def tvl1_commit(plan: dict[str, Any], frames_uri: str, cfg: dict[str, Any], summaries: list[Any]) -> dict[str, Any]:
+    """Commit the flow stage once every shard is; summarise pairs and throughput."""
+    from pipelines.features.tvl1 import finish_flow
+
+    uri = plan["stage_uri"]
+    stats = finish_flow(uri, frames_uri, build(TVL1Config, cfg), summaries)
+    rows = [r for s in summaries for r in shards.read_rows(uri, s["index"])]
+    pairs = sum(int(r.get("n_pairs") or 0) for r in rows)
+    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
+    return {
+        "stage_uri": uri,
+        "config_hash": stats["config_hash"],
+        "n_samples": stats["n_samples"],
+        "status_counts": stats["status_counts"],
+        "shards": len(summaries),
+        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
+        "pairs": pairs,
+        "pairs_per_worker_second": round(pairs / seconds, 2) if seconds else None,  # per shard worker
+    }
+
+
+@task(name="i3d-features", retries=1, retry_condition_fn=is_transient)
+def i3d_features(frames_uri: str, flow: dict[str, Any], root: str, dataset: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Two-stream I3D snippet features of the frames and their flow; adds the feature width."""
+    from pipelines.features.i3d import extract
+
+    out = extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
+    first = shards.committed_shards(out["stage_uri"])[0]
+    out["feature_dim"] = int(next(r for r in shards.read_rows(out["stage_uri"], first) if r["shape"])["shape"][1])
+    return out
+
+
+# ----- tracking ------------------------------------------------------------------------------------------------------
+
+
+@task(name="dcc-parent-run")
+def open_parent_run(root: str, run_key: str, params: dict[str, Any]) -> str:
+    """The DAG's MLflow run (same key ⇒ same run across reruns); every step job is its child. Not cached: a rerun
+    must set it RUNNING again."""
+    from infra.tracking import Tracker
+
+    tracker = Tracker.for_run_root(root)
+    return tracker.start_or_resume(PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "dag"})
+
+
+@task(name="dcc-score-predictions", retries=1, retry_condition_fn=is_transient)
+def score_predictions(predictions: str, ground_truth: str) -> dict[str, Any]:
+    """Evaluation of a prediction file exactly as ``vlrepro eval detection`` does it: the ActivityNet result file
+    against the ground truth's test subset, THUMOS14 and ActivityNet tIoUs (fractions)."""
+    from models.common.metrics.detection import ANET_TIOU, THUMOS14_TIOU, detection_map, thumos_summary
+    from pipelines.datasets.wtal import load_mini_wtal, read_predictions
+
+    gt = load_mini_wtal(ground_truth)
+    results = read_predictions(predictions)
+    database = gt.database(gt.protocol.test_subset)
+    thumos = detection_map(database, results, THUMOS14_TIOU, classes=gt.classes)
+    anet = detection_map(database, results, ANET_TIOU, classes=gt.classes)
+    return {
+        "thumos": thumos_summary(thumos),
+        "anet": {f"mAP@{t:.2f}": m for t, m in zip(anet["tiou"], anet["mAP"])} | {"average_mAP": anet["average_mAP"]},
+        "predictions": predictions,
+    }
+
+
+@task(name="dcc-log-results", retries=1, retry_condition_fn=is_transient)
+def log_results(root: str, parent_id: str, summary: dict[str, Any], timelines: dict[str, str]) -> dict[str, Any]:
+    """Parent run: the main chain's final metrics, the ablation table (an MLflow table artefact), the timeline plots
+    (also on the final step's own run); then the parent is marked FINISHED."""
+    from infra.plots_wtal import timeline_figure
+    from infra.tracking import Tracker
+    from pipelines.storage import read_json
+
+    tracker = Tracker.for_run_root(root)
+    flat = {f"final/{k}": v for k, v in summary["metrics"].items() if _finite(v)}
+    tracker.log_metrics(parent_id, flat, step=0)
+    tracker.log_dict(parent_id, summary, "tables/results.json")
+    table = summary.get("ablations")
+    if table:
+        tracker.client.log_table(parent_id, data=_columns(table), artifact_file="tables/ablations.json")
+        for row in table:
+            metrics = {f"ablation/{row['variant']}/{k}": v for k, v in row.items() if k in TABLE_METRICS and _finite(v)}
+            tracker.log_metrics(parent_id, metrics, step=0)
+    plots = []
+    for variant, path in timelines.items():
+        branch = VARIANT_EVAL_BRANCH[variant]
+        figure = timeline_figure(read_json(path), branch=branch, title=f"DCC {variant} (detections: {branch})")
+        name = f"plots/timeline_{variant}.png"
+        tracker.log_figure(parent_id, figure, name)
+        plots.append(name)
+    main = summary["steps"][-1]["run_id"]
+    main_timeline = timelines.get(MAIN_VARIANT)
+    if main_timeline:
+        tracker.log_figure(main, timeline_figure(read_json(main_timeline)), "plots/timeline.png")
+    tracker.finish(parent_id, "FINISHED")
+    return {"parent_run_id": parent_id, "plots": plots}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys = list(rows[0])
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _cached(fn: Any, root: str) -> Any:
+    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
+
+
+# ----- configs -----------------------------------------------------------------------------------------------------
+
+
+def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{"dcc.model.stages.rounds": 3}`` → ``{"dcc": {"model.stages.rounds": 3}, ...}``; unknown prefixes are
+    errors."""
+    out: dict[str, dict[str, Any]] = {p: {} for p in OVERRIDE_PREFIXES}
+    for key, value in (overrides or {}).items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in out or not rest:
+            raise ValueError(f"override {key!r} must start with one of {', '.join(p + '.' for p in OVERRIDE_PREFIXES)}")
+        out[prefix][rest] = value
+    return out
+
+
+def feature_configs(size: str, user: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(TV-L1 config, I3D config) as plain dicts: the mini world's I3D is the random-init tiny width (1/16 → 64-d
+    per stream); `i3d.rgb_weights` / `i3d.flow_weights` / `i3d.width=1.0` select pytorch-i3d checkpoints."""
+    tvl1 = merge(TVL1Config(), {**SIZES[size]["tvl1"], **user["tvl1"]})
+    i3d = merge(I3DFeatureConfig.tiny(), {**SIZES[size]["i3d"], **user["i3d"]})
+    return asdict(tvl1), asdict(i3d)
+
+
+def base_config(
+    world: dict[str, Any],
+    i3d: dict[str, Any],
+    clip_features: dict[str, Any],
+    clip: dict[str, Any],
+    size: str,
+    user: dict[str, Any],
+) -> dict[str, Any]:
+    """The mini YAML, the stage URIs, the I3D width, the mini CLIP checkpoint, then size and user overrides."""
+    cfg = DCCRecipeConfig(model=load(DCCConfig, CONFIG))
+    cfg = merge(
+        cfg,
+        {
+            "data.i3d_stage": i3d["stage_uri"],
+            "data.clip_stage": clip_features["stage_uri"],
+            "data.ground_truth": world["annotations"],
+            "data.ground_truth_format": "mini-wtal",
+            "model.cbp.input_dim": i3d["feature_dim"],
+            "model.vlp.clip.arch": clip["clip_arch"],
+            "model.vlp.clip.pretrained": clip["clip_checkpoint"],
+        },
+    )
+    return to_dict(merge(merge(cfg, SIZES[size]["dcc"]), user))
+
+
+def step_config(base: dict[str, Any], stage: str, init_from: str | None) -> dict[str, Any]:
+    return to_dict(merge(build(DCCRecipeConfig, base), {"stage": stage, "init_from": init_from}))
+
+
+def _digest(config: Any) -> str:
+    return config_hash(config, length=8)
+
+
+def _was_finished(root: str, run_name: str) -> bool:
+    from infra.training_job import finished_job
+
+    return finished_job(root, run_name) is not None
+
+
+TABLE_METRICS = ("AVG(0.1:0.5)", "AVG(0.3:0.7)", "AVG(0.1:0.7)", "mAP@0.5", "anet_avg", "cbp_miou", "vlp_miou")
+
+
+def _step_record(i: int, stage: str, result: dict[str, Any], reused: bool) -> dict[str, Any]:
+    return {
+        "step": i,
+        "stage": stage,
+        "run_name": result["run_name"],
+        "run_id": result["run_id"],
+        "model": str(Path(result["model_dir"]) / "model.pt"),
+        "model_dir": result["model_dir"],
+        "metrics": result["metrics"],
+        "model_version": (result.get("registered") or {}).get("version"),
+        "seconds": result.get("seconds"),
+        "reused": reused,
+    }
+
+
+def table_row(variant: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ablation row: the variant's evaluated branch's average mAPs and both branches' pseudo-label mIoU and
+    phase coverage (share of core / edge / context snippets marked confident foreground)."""
+    branch = VARIANT_EVAL_BRANCH[variant]
+    m = steps[-1]["metrics"]
+
+    def get(key: str) -> float | None:
+        v = m.get(key)
+        return float(v) if isinstance(v, int | float) else None
+
+    row: dict[str, Any] = {
+        "variant": variant,
+        "schedule": " ".join(s["stage"] for s in steps),
+        "branch": branch,
+        **{k: get(f"{branch}/{k}") for k in ("AVG(0.1:0.5)", "AVG(0.3:0.7)", "AVG(0.1:0.7)", "mAP@0.5")},
+        "anet_avg": get(f"{branch}/anet/average_mAP"),
+        "cbp_miou": get("cbp/pseudo/miou"),
+        "vlp_miou": get("vlp/pseudo/miou"),
+    }
+    for b in ("cbp", "vlp"):
+        for phase in ("core", "edges", "context"):
+            row[f"{b}_fg_{phase}"] = get(f"{b}/phase/{phase}/fg")
+    row["run_name"] = steps[-1]["run_name"]
+    return row
+
+
+# ----- the flow ----------------------------------------------------------------------------------------------------
+
+
+@flow(name="reproduce-dcc", log_prints=True)
+def reproduce_dcc(
+    dataset: str = "mini-wtal",
+    root: str = "runs",
+    size: str = "small",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    num_workers: int = 1,
+    ablations: bool = False,
+    flow_workers: int = 2,
+) -> dict[str, Any]:
+    start = time.monotonic()
+    if dataset != "mini-wtal":
+        raise ValueError(
+            f"the DCC DAG runs on mini-wtal here (got {dataset!r}); real datasets: ingest at 25 fps (or "
+            "pipelines.features.i3d.import_features for released features) + the dcc recipe"
+        )
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    if flow_workers < 1:
+        raise ValueError(f"flow_workers must be >= 1, got {flow_workers}")
+    user = split_overrides(overrides)
+    tvl1_cfg, i3d_cfg = feature_configs(size, user)
+    t = stages.cached(root)
+    train = t["train"]
+    key = stages.dataset_key(dataset, size, seed)
+
+    world = t["make_data"](dataset, root, size, seed)
+    frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
+    frames_uri = frames["stage_uri"]
+
+    # branch 1 (worker threads): TV-L1 per shard → commit → I3D
+    if os.environ.get("RAY_ADDRESS"):
+        from infra import ray_train
+
+        ray_train.connect()  # from the main thread, before any shard task needs it
+    plan = _cached(tvl1_plan, root)(frames_uri, root, key, tvl1_cfg)
+    shard_futures = _cached(tvl1_shard, root).map(plan["jobs"], unmapped(frames_uri), unmapped(tvl1_cfg), flow_workers)
+    flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
+    i3d_future = _cached(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
+    # branch 2 (this thread): mini CLIP → CLIP frame features
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], user["miniclip"])
+    clip_feats = t["extract_clip_features"](frames_uri, root, key, clip["clip_arch"], clip["clip_checkpoint"])
+    flow_stage = flow_future.result()
+    i3d = i3d_future.result()
+
+    base = base_config(world, i3d, clip_feats, clip, size, user["dcc"])
+    rounds = int(base["model"]["stages"]["rounds"])
+    parent_key = f"dcc-dag-{key}-{_digest(base)}"
+    parent_id = open_parent_run(root, parent_key, {"dataset": key, "size": size, "config": base})
+    finished: dict[str, dict[str, Any]] = {}  # run name → step record, within this flow run
+
+    def chain(variant: str, register: bool) -> list[dict[str, Any]]:
+        """The variant's step jobs in order, each initialised from the previous one's final weights."""
+        steps: list[dict[str, Any]] = []
+        previous: str | None = None
+        schedule = stage_schedule(variant, rounds)
+        for i, stage in enumerate(schedule):
+            config = step_config(base, stage, previous)
+            run_name = f"dcc-{i}{stage}-{key}-{_digest(config)}"
+            if run_name not in finished:
+                reused = _was_finished(root, run_name)
+                job = {
+                    "paper": PAPER,
+                    "method": PAPER,
+                    "recipe": "dcc",
+                    "config": config,
+                    "run_name": run_name,
+                    "root": root,
+                    "metric": METRIC,
+                    "num_workers": num_workers,
+                    "register": register and i == len(schedule) - 1,
+                    "dataset_stage": i3d["stage_uri"],
+                    "tags": {
+                        "mlflow.parentRunId": parent_id,
+                        "vlrepro.stage": stage,
+                        "vlrepro.step": str(i),
+                        "vlrepro.dataset": key,
+                    },
+                }
+                result = train.with_options(task_run_name=f"dcc-step{i}-{stage}")(job)
+                finished[run_name] = _step_record(i, stage, result, reused)
+            steps.append(finished[run_name])
+            previous = finished[run_name]["model"]
+        return steps
+
+    try:
+        main = chain(MAIN_VARIANT, register=True)
+        branch = VARIANT_EVAL_BRANCH[MAIN_VARIANT]
+        scored = _cached(score_predictions, root)(
+            str(Path(main[-1]["model_dir"]) / f"predictions_{branch}.json"), world["annotations"]
+        )
+        timelines = {MAIN_VARIANT: str(Path(main[-1]["model_dir"]) / "timeline.json")}
+        table = None
+        if ablations:
+            table = []
+            for variant in ABLATIONS:
+                steps = chain(variant, register=False)
+                table.append(table_row(variant, steps))
+                timelines[variant] = str(Path(steps[-1]["model_dir"]) / "timeline.json")
+            create_table_artifact(
+                key=f"dcc-ablations-{key.lower()}"[:60],
+                table=table,
+                description="DCC ablations on the mini world: THUMOS-style average mAP of the evaluated branch, "
+                "pseudo-label mIoU and phase coverage per branch",
+            )
+        summary = {
+            "dataset": key,
+            "metrics": main[-1]["metrics"],
+            "scored": scored,
+            "steps": [{k: s[k] for k in ("step", "stage", "run_name", "run_id")} for s in main],
+            "ablations": table,
+        }
+        logged = log_results(root, parent_id, summary, timelines)
+    except BaseException:
+        _mark_failed(root, parent_id)
+        raise
+
+    m = main[-1]["metrics"]
+    out: dict[str, Any] = {
+        "paper": PAPER,
+        "dataset": key,
+        "frames_stage": frames_uri,
+        "flow_stage": flow_stage,
+        "i3d_stage": i3d["stage_uri"],
+        "clip_features_stage": clip_feats["stage_uri"],
+        "mini_clip": {
+            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
+            "run_id": clip["run_id"],
+            "model_version": (clip.get("registered") or {}).get("version"),
+        },
+        "parent_run_id": parent_id,
+        "steps": [{k: v for k, v in s.items() if k not in ("metrics", "model_dir")} for s in main],
+        "results": {
+            "branch": branch,
+            "thumos": scored["thumos"],
+            "anet": scored["anet"],
+            "pseudo_miou": {b: m.get(f"{b}/pseudo/miou") for b in ("cbp", "vlp")},
+            "phase_fg": {
+                b: {p: m.get(f"{b}/phase/{p}/fg") for p in ("core", "edges", "context", "distractor", "empty")}
+                for b in ("cbp", "vlp")
+            },
+            "predictions": scored["predictions"],
+            "ground_truth": world["annotations"],
+        },
+        "model_version": main[-1]["model_version"],
+        "plots": logged["plots"],
+        "seconds": round(time.monotonic() - start, 1),
+        "root": storage.join(root),
+    }
+    if table is not None:
+        out["ablations"] = table
+    return out
+
+
+def _mark_failed(root: str, run_id: str) -> None:
+    from infra.tracking import Tracker
+
+    # the tracking backend being down must not hide the DAG's own error
+    with contextlib.suppress(Exception):
+        Tracker.for_run_root(root).finish(run_id, "FAILED")
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    import torch
+
+    torch.set_num_threads(1)
+    run_root = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dcc-small"
+    with_ablations = "--ablations" in sys.argv
+    result = reproduce_dcc(root=run_root, size="small", ablations=with_ablations)
+    print(json.dumps(result, indent=1, default=str))

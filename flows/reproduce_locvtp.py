@@ -1,0 +1,404 @@
+"""`reproduce-locvtp`: data → ingest → mini CLIP → frozen prefix → LocVTP pre-training → clip features → 2D-TAN
+grounding → evaluate → registry, plus retrieval transfer and (``ablations=True``) the paper's ablation table.
+
+LocVTP (Cao et al., ECCV 2022; METHODS §5) is judged downstream: the same grounding head (2D-TAN) is trained on the
+clip features of the pre-trained encoder and on those of the **baseline**, the same encoder without LocVTP
+pre-training — which at init is exactly per-frame mini CLIP mean-pooled over each clip's frames
+(`pipelines.features.locvtp_clips`). Both heads get the same query features (the frozen mini CLIP's sentence feature),
+so they differ only in their clip features. Retrieval transfer (METHODS §5 "retrieval with the metrics above") is
+text↔moment retrieval on the held-out queries from each feature stage and its own text tower
+(`pipelines.recipes.locvtp.moment_retrieval`).
+
+Stages and jobs (each reused on rerun: Prefect's persisted results, and each stage's own commit marker or job record):
+
+| stage | task | output |
+|---|---|---|
+| mini-grounding world, frames at 8 fps, 64 px | `stages.make_data`, `ingest_flow` | frames stage |
+| mini CLIP on the world's frame–caption pairs | `stages.pretrain_mini_clip` | ``mini-clip`` model |
+| CLIP stem + first L−k blocks on every 4th frame | `prefix_tokens` | ``locvtp-prefix`` stage |
+| LocVTP pre-training | `stages.train` (recipe ``locvtp``) | ``locvtp`` model, metric ``t2v/R@1`` |
+| clip features, LocVTP and baseline | `clip_features` | ``locvtp-clips`` stages |
+| 2D-TAN head on each | `stages.train` (recipe ``grounding``) | ``locvtp-grounding`` / ``clip-grounding`` models |
+| retrieval transfer, summary | `retrieval_transfer`, `log_summary` | MLflow summary run with the tables |
+
+**Size choices** (`SIZES`, on top of ``models/locvtp/configs/mini-grounding.yaml``) and why — budget: the default
+DAG on ``size="small"`` in ~10 minutes on 2 quiet CPU cores, most of it the mini CLIP (600 steps) and LocVTP:
+
+- ``input: tokens``: the frozen prefix is computed once (`prefix_tokens`), not at every step;
+- pre-training is counted in *passes* over the 96 training videos (6 steps each at batch 16):
+  ``repeats_per_epoch`` passes per epoch, so an epoch (one checkpoint + one evaluation) is ~24 steps; see `SIZES`;
+- tiny: the test world (4 + 2 videos), a handful of steps for every job, only to prove the DAG end to end.
+
+Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the config they change: ``pretrain.``
+(`LocVTPRecipeConfig`: ``pretrain.train.epochs=4``, ``pretrain.model.top_k=5``), ``grounding.``
+(`GroundingRecipeConfig`) or ``miniclip.`` (`MiniClipConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+
+from flows import stages
+from flows.ingest import ingest_flow
+from flows.runtime import cache_policy, is_transient, result_storage
+from models.config import build, config_hash, merge, to_dict
+from pipelines import storage
+from pipelines.recipes.grounding import GroundingRecipeConfig
+from pipelines.recipes.locvtp import LocVTPRecipeConfig
+
+CONFIG = Path(__file__).resolve().parents[1] / "models" / "locvtp" / "configs" / "mini-grounding.yaml"
+PAPER = "locvtp"
+PRETRAIN_METRIC = "t2v/R@1"
+GROUNDING_METRIC = "R@1,IoU@0.5"
+
+#: documented overrides of the mini YAML per world size: {"pretrain" | "grounding" | "miniclip": {dotted key: value}}
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    # 4 training videos: batch 4 (1 step per pass), 2 passes; the head sees 8 clips; the mini CLIP 6 steps
+    "tiny": {
+        "pretrain": {"train.epochs": 1, "train.batch_size": 4, "data.repeats_per_epoch": 2},
+        "grounding": {"train.epochs": 2, "train.batch_size": 8, "model.num_clips": 8, "model.map_layers": 2},
+        "miniclip": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
+    },
+    # 96 training videos = 6 steps per pass at batch 16: 4 passes per epoch × 5 epochs = 120 steps (~1.6 s CPU each)
+    "small": {
+        "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 4, "train.eval_every_epochs": 5},
+        "grounding": {},
+        "miniclip": {},
+    },
+    # 192 training videos = 12 steps per pass: 2 passes × 5 epochs = 120 steps
+    "medium": {
+        "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 2, "train.eval_every_epochs": 5},
+        "grounding": {},
+        "miniclip": {},
+    },
+}
+
+#: ablations of METHODS §5 as pre-training overrides; "full" (the paper's method) is the main run
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lc": ("losses", {"model.fine_weight": 0.0, "model.temporal_weight": 0.0}),
+    "lc-lf": ("losses", {"model.temporal_weight": 0.0}),
+    "word-topk": ("positives", {"model.positives": "word_topk"}),
+    "random": ("positives", {"model.positives": "random"}),
+    "k1": ("top_k", {"model.top_k": 1}),
+    "k5": ("top_k", {"model.top_k": 5}),
+    "intra-modal": ("warp_target", {"model.warp_target": "intra_modal"}),
+}
+#: where the main run sits in each ablation group
+FULL_IN_GROUP = {"losses": "lc-lf-lt", "positives": "clip-topk", "top_k": "k3", "warp_target": "cross-modal"}
+
+OVERRIDE_PREFIXES = ("pretrain", "grounding", "miniclip")
+
+
+# ----- tasks -------------------------------------------------------------------------------------------------------
+
+
+@task(name="locvtp-prefix", retries=1, retry_condition_fn=is_transient)
+def prefix_tokens(frames_uri: str, root: str, dataset: str, model: dict[str, Any]) -> dict[str, Any]:
+    """The frozen prefix (CLIP stem + first L−k blocks) of every 4th frame: the ``input="tokens"`` stage."""
+    from pipelines.features.locvtp_clips import PrefixTokenConfig, extract_prefix
+
+    return extract_prefix(frames_uri, root, dataset, build(PrefixTokenConfig, {"model": model}))
+
+
+@task(name="locvtp-clip-features", retries=1, retry_condition_fn=is_transient)
+def clip_features(
+    input_uri: str, root: str, dataset: str, model: dict[str, Any], checkpoint: str | None
+) -> dict[str, Any]:
+    """Dense clip features of the LocVTP encoder (`checkpoint`) or of the encoder at init (None: the baseline)."""
+    from pipelines.features.locvtp_clips import LocVTPFeatureConfig, extract_clips
+
+    return extract_clips(
+        input_uri, root, dataset, build(LocVTPFeatureConfig, {"model": model, "checkpoint": checkpoint})
+    )
+
+
+@task(name="locvtp-retrieval-transfer", retries=1, retry_condition_fn=is_transient)
+def retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[str, float]]:
+    """Text↔moment retrieval on the test queries from a clip-feature stage (its clip and sentence features)."""
+    import numpy as np
+
+    from pipelines.features.locvtp_clips import iter_features
+    from pipelines.recipes.locvtp import moment_retrieval, queries_by_video, read_queries
+
+    clips, text, seconds, durations = {}, {}, {}, {}
+    for key, c, t, meta in iter_features(features_uri):
+        clips[key], seconds[key] = c, float(meta["clip_seconds"])
+        text[key] = dict(zip(meta.get("captions") or [], t, strict=True))
+        if meta.get("split") == "test":
+            durations[key] = float(meta["duration"])
+    by_video = queries_by_video(read_queries(test_queries, durations))
+    queries = [q for key in sorted(by_video) for q in by_video[key]]
+    sentence = np.stack([text[q.video][q.sentence] for q in queries])  # (Q, D)
+    return moment_retrieval(clips, seconds, queries, sentence)
+
+
+@task(name="locvtp-summary", retries=1, retry_condition_fn=is_transient)
+def log_summary(root: str, run_key: str, summary: dict[str, Any]) -> str:
+    """One MLflow run per (dataset, results) in experiment ``locvtp`` holding the result tables as JSON artefacts."""
+    from infra.tracking import Tracker, run_guard
+
+    tracker = Tracker.for_run_root(root)
+    params = {"dataset": summary["dataset"], "jobs": sorted(summary["jobs"])}
+    run_id = tracker.start_or_resume(PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "summary"})
+    with run_guard(tracker, run_id):
+        tracker.log_dict(run_id, summary["results"], "tables/results.json")
+        if summary.get("ablations"):
+            tracker.log_dict(run_id, summary["ablations"], "tables/ablations.json")
+        flat = {
+            f"{name}/{metric}": value
+            for name, block in summary["results"]["grounding"].items()
+            for metric, value in block.items()
+            if isinstance(value, float) and math.isfinite(value)
+        }
+        tracker.log_metrics(run_id, flat, step=0)
+    return run_id
+
+
+def _cached(fn: Any, root: str) -> Any:
+    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
+
+
+# ----- configs -----------------------------------------------------------------------------------------------------
+
+
+def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{"pretrain.train.epochs": 4}`` → ``{"pretrain": {"train.epochs": 4}, ...}``; unknown prefixes are errors."""
+    out: dict[str, dict[str, Any]] = {p: {} for p in OVERRIDE_PREFIXES}
+    for key, value in (overrides or {}).items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in out or not rest:
+            raise ValueError(f"override {key!r} must start with one of {', '.join(p + '.' for p in OVERRIDE_PREFIXES)}")
+        out[prefix][rest] = value
+    return out
+
+
+def _yaml() -> dict[str, Any]:
+    data = yaml.safe_load(CONFIG.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def pretrain_config(
+    clip: dict[str, Any], world: dict[str, Any], size: str, user: dict[str, Any], variant: dict[str, Any]
+) -> LocVTPRecipeConfig:
+    """The mini YAML, the mini CLIP checkpoint, token input, the world's query files, then size, variant and user
+    overrides (data.stage is set once the prefix stage exists)."""
+    raw = _yaml()
+    cfg = build(LocVTPRecipeConfig, {"model": raw["model"], "train": raw["train"]})
+    cfg = merge(
+        cfg,
+        {
+            "model.clip.arch": clip["clip_arch"],
+            "model.clip.pretrained": clip["clip_checkpoint"],
+            "model.input": "tokens",
+            "data.train_queries": world["extra_files"]["charades_sta_train"],
+            "data.test_queries": world["extra_files"]["charades_sta_test"],
+        },
+    )
+    return merge(merge(merge(cfg, SIZES[size]["pretrain"]), variant), user)
+
+
+def grounding_config(
+    features_uri: str, query_uri: str, world: dict[str, Any], size: str, user: dict[str, Any]
+) -> dict[str, Any]:
+    raw = _yaml()
+    cfg = build(GroundingRecipeConfig, {"model": raw["grounding"], "train": raw["grounding_train"]})
+    cfg = merge(
+        cfg,
+        {
+            "data.stage": features_uri,
+            "data.query_stage": query_uri,
+            "data.train_queries": world["extra_files"]["charades_sta_train"],
+            "data.test_queries": world["extra_files"]["charades_sta_test"],
+        },
+    )
+    return to_dict(merge(merge(cfg, SIZES[size]["grounding"]), user))
+
+
+def _digest(config: Any) -> str:
+    return config_hash(config, length=8)
+
+
+def _job(
+    recipe: str, method: str, run_name: str, config: dict[str, Any], root: str, metric: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "paper": PAPER,
+        "method": method,
+        "recipe": recipe,
+        "config": config,
+        "run_name": run_name,
+        "root": root,
+        "metric": metric,
+        **extra,
+    }
+
+
+def _was_finished(root: str, run_name: str) -> bool:
+    from infra.training_job import finished_job
+
+    return finished_job(root, run_name) is not None
+
+
+def _record(result: dict[str, Any], reused: bool, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    metrics = result["metrics"] if keys is None else {k: result["metrics"].get(k) for k in keys}
+    return {
+        "metrics": metrics,
+        "run_id": result["run_id"],
+        "run_name": result["run_name"],
+        "model_version": (result.get("registered") or {}).get("version"),
+        "reused": reused,
+    }
+
+
+# ----- the flow ----------------------------------------------------------------------------------------------------
+
+
+@flow(name="reproduce-locvtp", log_prints=True)
+def reproduce_locvtp(
+    dataset: str = "mini-grounding",
+    root: str = "runs",
+    size: str = "small",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    num_workers: int = 1,
+    ablations: bool = False,
+) -> dict[str, Any]:
+    start = time.monotonic()
+    if dataset != "mini-grounding":
+        raise ValueError(
+            f"the LocVTP DAG runs on mini-grounding here (got {dataset!r}); real datasets: ingest + the recipes"
+        )
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    user = split_overrides(overrides)
+    t = stages.cached(root)
+    prefix_task = _cached(prefix_tokens, root)
+    features_task = _cached(clip_features, root)
+    retrieval_task = _cached(retrieval_transfer, root)
+    summary_task = _cached(log_summary, root)
+
+    key = stages.dataset_key(dataset, size, seed)
+    world = t["make_data"](dataset, root, size, seed)
+    frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], {**SIZES[size]["miniclip"], **user["miniclip"]})
+    test_queries = world["extra_files"]["charades_sta_test"]
+
+    def pretrain(name: str, variant: dict[str, Any], register: bool) -> dict[str, Any]:
+        """Prefix stage (shared by all variants), pre-training job, clip features of its final model."""
+        cfg = pretrain_config(clip, world, size, user["pretrain"], variant)
+        prefix = prefix_task(frames["stage_uri"], root, key, to_dict(cfg.model))
+        config = to_dict(merge(cfg, {"data.stage": prefix["stage_uri"]}))
+        run_name = f"locvtp-{name}-{key}-{_digest(config)}"
+        reused = _was_finished(root, run_name)
+        job = _job("locvtp", "locvtp", run_name, config, root, PRETRAIN_METRIC, num_workers=num_workers)
+        result = t["train"]({**job, "register": register, "dataset_stage": prefix["stage_uri"], "tags": _tags(name)})
+        feats = features_task(
+            prefix["stage_uri"], root, key, config["model"], str(Path(result["model_dir"]) / "model.pt")
+        )
+        return {"prefix": prefix, "config": config, "job": _record(result, reused), "features": feats}
+
+    def ground(name: str, method: str, features_uri: str, query_uri: str, register: bool) -> dict[str, Any]:
+        config = grounding_config(features_uri, query_uri, world, size, user["grounding"])
+        run_name = f"{method}-{name}-{key}-{_digest(config)}"
+        reused = _was_finished(root, run_name)
+        job = _job("grounding", method, run_name, config, root, GROUNDING_METRIC, num_workers=num_workers)
+        result = t["train"]({**job, "register": register, "dataset_stage": features_uri, "tags": _tags(name)})
+        return _record(result, reused)
+
+    main = pretrain("full", {}, register=True)
+    # the baseline: the very same encoder config at init (no LocVTP checkpoint) on the same prefix stage
+    base_feats = features_task(main["prefix"]["stage_uri"], root, key, main["config"]["model"], None)
+    query_uri = base_feats["stage_uri"]  # both heads read the frozen mini CLIP's sentence features
+    grounding = {
+        "locvtp": ground("full", "locvtp-grounding", main["features"]["stage_uri"], query_uri, register=True),
+        "baseline": ground("baseline", "clip-grounding", query_uri, query_uri, register=True),
+    }
+    retrieval = {
+        "locvtp": retrieval_task(main["features"]["stage_uri"], test_queries),
+        "baseline": retrieval_task(query_uri, test_queries),
+    }
+    table = None
+    if ablations:
+        table = _ablation_table(pretrain, ground, retrieval_task, test_queries, query_uri, main, grounding, retrieval)
+    jobs = [main["job"]["run_name"], *(g["run_name"] for g in grounding.values())]
+    if table is not None:
+        jobs += [r[k] for r in table for k in ("pretrain_run", "grounding_run") if r.get(k)]
+    results = {
+        "grounding": {name: g["metrics"] for name, g in grounding.items()},
+        "retrieval": retrieval,
+        "pretrain": main["job"]["metrics"],
+    }
+    summary_key = f"locvtp-summary-{key}-{_digest({'results': results, 'ablations': table})}"
+    summary_run = summary_task(
+        root, summary_key, {"dataset": key, "jobs": sorted(set(jobs)), "results": results, "ablations": table}
+    )
+    out: dict[str, Any] = {
+        "paper": PAPER,
+        "dataset": key,
+        "frames_stage": frames["stage_uri"],
+        "prefix_stage": main["prefix"]["stage_uri"],
+        "features": {"locvtp": main["features"]["stage_uri"], "baseline": query_uri},
+        "mini_clip": {
+            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
+            "run_id": clip["run_id"],
+            "model_version": (clip.get("registered") or {}).get("version"),
+        },
+        "pretrain": main["job"],
+        "grounding": grounding,
+        "retrieval": retrieval,
+        "summary_run_id": summary_run,
+        "seconds": round(time.monotonic() - start, 1),
+        "root": storage.join(root),
+    }
+    if table is not None:
+        out["ablations"] = table
+    return out
+
+
+def _tags(variant: str) -> dict[str, str]:
+    return {"vlrepro.variant": variant}
+
+
+GROUNDING_KEYS = tuple(f"R@{n},IoU@{m}" for n in (1, 5) for m in ("0.3", "0.5", "0.7"))
+
+
+def _ablation_table(
+    pretrain: Any,
+    ground: Any,
+    retrieval_task: Any,
+    test_queries: str,
+    query_uri: str,
+    main: dict[str, Any],
+    grounding: dict[str, Any],
+    retrieval: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One row per (group, variant): the main run in every group, each ablation a pre-training + features + head."""
+
+    def row(group: str, variant: str, pre: dict[str, Any] | None, head: dict[str, Any], ret: dict[str, Any]) -> dict:
+        return {
+            "group": group,
+            "variant": variant,
+            **{k: head["metrics"].get(k) for k in GROUNDING_KEYS},
+            "retrieval t2v/R@1": ret["t2v"]["R@1"],
+            "retrieval within/R@1": ret["within"]["R@1"],
+            "pretrain_run": None if pre is None else pre["job"]["run_name"],
+            "grounding_run": head["run_name"],
+        }
+
+    rows = [row("baseline", "no pre-training", None, grounding["baseline"], retrieval["baseline"])]
+    done: dict[str, dict[str, Any]] = {}
+    for name, (group, variant) in ABLATIONS.items():
+        pre = pretrain(name, variant, register=False)
+        head = ground(name, "locvtp-grounding", pre["features"]["stage_uri"], query_uri, register=False)
+        done[name] = row(group, name, pre, head, retrieval_task(pre["features"]["stage_uri"], test_queries))
+    for group, full_name in FULL_IN_GROUP.items():
+        rows.append(row(group, f"{full_name} (full)", main, grounding["locvtp"], retrieval["locvtp"]))
+        rows += [r for r in done.values() if r["group"] == group]
+    return rows

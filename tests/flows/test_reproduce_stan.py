@@ -1,0 +1,110 @@
+"""The STAN DAG on the tiny world end to end, and the ablation-table helper's rows, markdown and MLflow summary run.
+
+`stan_tiny` is session-scoped so that the UCoFiA DAG test (tests/flows/test_reproduce_ucofia.py) runs *after* it on
+the same root and checks that the shared stages are reused, without a second STAN run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+_STAN_TINY: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+@pytest.fixture(scope="session")
+def stan_tiny(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> tuple[str, dict[str, Any]]:
+    """One tiny STAN DAG (main variant: 6 steps on the 96 training clips) on a fresh root: (root, flow output).
+
+    Imported by the UCoFiA test module, where pytest registers it as a second fixture; the module-level cache keeps
+    it to one STAN run per session.
+    """
+    if "run" not in _STAN_TINY:
+        import torch
+
+        from flows.reproduce_stan import reproduce_stan
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        root = str(tmp_path_factory.mktemp("retrieval") / "runs")
+        try:
+            _STAN_TINY["run"] = root, reproduce_stan(root=root, size="tiny")
+        finally:
+            torch.set_num_threads(threads)
+    return _STAN_TINY["run"]
+
+
+def assert_retrieval_block(block: dict[str, Any]) -> None:
+    for direction in ("t2v", "v2t"):
+        m = block[direction]
+        assert set(m) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+        assert all(math.isfinite(v) for v in m.values())
+        assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_tiny_stan_dag_trains_evaluates_recognition_and_registers(stan_tiny: tuple[str, dict[str, Any]]) -> None:
+    from infra.registry import Registry
+    from infra.tracking import Tracker
+
+    root, out = stan_tiny
+    assert out["paper"] == "stan" and out["dataset"] == "mini-retrieval-tiny-s0" and out["main"] == "stan"
+    assert "/clip-blocks2/" in out["features_stage"]  # the mini YAML's K = 2
+    assert set(out["variants"]) == {"stan"} and "ablations" not in out
+    head = out["variants"]["stan"]
+    for block in ("overall", "order"):
+        assert_retrieval_block(head[block])
+    # tiny world: 48 test videos, 12 action classes; recognition over the 48 labelled test videos
+    assert head["overall"]["t2v"]["MnR"] <= 48
+    rec = head["recognition"]
+    assert set(rec) == {"top1", "top5"} and 0 <= rec["top1"] <= rec["top5"] <= 100
+    assert head["run_id"] and head["model_version"] == 1 and head["reused"] is False
+    tracker = Tracker.for_run_root(root)
+    champion = Registry(tracker).champion("stan")
+    assert champion is not None and champion["run_id"] == head["run_id"] and champion["metric_name"] == "t2v/R@1"
+    job = json.loads(Path(root, "jobs", f"{head['run_name']}.json").read_text())
+    assert job["metrics"]["recognition/top1"] == pytest.approx(rec["top1"])
+
+
+def test_ablation_table_rows_markdown_and_one_mlflow_summary_run(tmp_path: Path) -> None:
+    from flows.ablations import Row, build_table, log_table, markdown_table
+    from infra.tracking import Tracker
+
+    def report(r1: float) -> dict[str, Any]:
+        block = {"R@1": r1, "R@5": r1 + 10, "R@10": r1 + 20, "MdR": 2.0, "MnR": 3.0}
+        return {"overall": {"t2v": block, "v2t": block}, "order": {"t2v": block, "v2t": block}}
+
+    results = {
+        "full": {"run_name": "p-full-d-1", "run_id": "a", "report": {**report(50.0), "raw": report(40.0)["overall"]}},
+        "ablated": {"run_name": "p-ablated-d-2", "run_id": "b", "report": report(30.0)},
+    }
+    rows = [Row("g", "ablated", "ablated"), Row("g", "full", "full"), Row("raw", "no norm", "full", block="raw")]
+    table = build_table(rows, results, lambda row, rec: {"extra": len(row.label)})
+    assert [r["t2v R@1"] for r in table] == [30.0, 50.0, 40.0]
+    assert table[2]["order t2v R@1"] is None and table[1]["order t2v R@1"] == 50.0  # a block row has no subsets
+    assert [r["extra"] for r in table] == [7, 4, 7] and table[0]["run_name"] == "p-ablated-d-2"
+    md = markdown_table(table).splitlines()
+    assert md[0].startswith("| group | label | variant | t2v R@1 |") and "run_name" not in md[0]
+    assert md[3] == "| g | full | full | 50.0 | 60.0 | 50.0 | 50.0 | 50.0 | 4 |"
+
+    root = str(tmp_path / "runs")
+    first = log_table.fn(root, "paper", "data", table, {"g": "full > ablated"})
+    again = log_table.fn(root, "paper", "data", table, {"g": "full > ablated"})
+    assert first == again  # one summary run per (paper, dataset, jobs), reused on rerun
+    tracker = Tracker.for_run_root(root)
+    runs = tracker.client.search_runs([tracker.get_or_create_experiment("paper")])
+    assert [r.info.run_id for r in runs] == [first["run_id"]] and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["ablated/t2v R_at_1"] == 30.0 and runs[0].data.metrics["full.raw/t2v R_at_1"] == 40.0
+    local = Path(tracker.client.download_artifacts(first["run_id"], "tables", str(tmp_path / "dl")))
+    assert json.loads((local / "ablations.json").read_text())["rows"] == table
+    assert (local / "ablations.md").read_text().startswith("\n".join(md[:2]))
+    ui = json.loads((local / "ablations_table.json").read_text())
+    assert ui["columns"][:3] == ["group", "label", "variant"] and len(ui["data"]) == 3
