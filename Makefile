@@ -37,7 +37,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=40
 
 test: lint typecheck pytest
 
