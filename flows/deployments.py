@@ -22,6 +22,7 @@ finished (a committed feature stage, a job record ``<root>/jobs/<run>.json``, a 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def recipe_config(
     import yaml
 
     from infra.ray_train import load_recipe_fn
-    from models.config import _deep_merge, _nest
+    from models.config import merge_dict
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
@@ -56,7 +57,7 @@ def recipe_config(
         data = yaml.safe_load(storage.read_bytes(config)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{config}: the top level must be a mapping")
-    merged = _deep_merge(_deep_merge(dict(base or {}), data), _nest(overrides or {}))
+    merged = merge_dict(merge_dict(base or {}, data), overrides or {})
     load_recipe_fn(RECIPES[recipe])(merged)
     return merged
 
@@ -175,8 +176,10 @@ def evaluate_model(
 
     tracker = Tracker.for_run_root(root)
     registry = Registry(tracker)
-    local = Path(storage.local_path(storage.join(root, "evaluations", f"{name}-v{version}")))
-    model_dir = registry.download(f"models:/{name}/{version}", local / "model")
+    # the model files are read locally: under the run root when it is a folder, else in a temporary folder
+    scratch = tempfile.TemporaryDirectory(prefix="vlrepro-eval-") if not storage.is_local(root) else None
+    base_dir = Path(scratch.name) if scratch else storage.local_path(storage.join(root, "evaluations"))
+    model_dir = registry.download(f"models:/{name}/{version}", base_dir / f"{name}-v{version}" / "model")
     job = TrainingJob(**json.loads((model_dir / "job.json").read_text()))
     cfg = recipe_config(job.recipe, config, overrides, base=job.config)
     key = f"eval-{name}-v{version}-{config_hash(cfg, length=8)}"
