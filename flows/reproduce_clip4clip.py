@@ -119,11 +119,7 @@ def reproduce_clip4clip(
         "dataset": key,
         "frames_stage": frames["stage_uri"],
         "features_stage": feats["stage_uri"],
-        "mini_clip": {
-            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
-            "run_id": clip["run_id"],
-            "model_version": (clip.get("registered") or {}).get("version"),
-        },
+        "mini_clip": stages.mini_clip_summary(clip),
         "heads": heads,
         "seconds": round(time.monotonic() - start, 1),
         "root": storage.join(root),

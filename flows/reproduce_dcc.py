@@ -526,11 +526,7 @@ def reproduce_dcc(
         "flow_stage": flow_stage,
         "i3d_stage": i3d["stage_uri"],
         "clip_features_stage": clip_feats["stage_uri"],
-        "mini_clip": {
-            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
-            "run_id": clip["run_id"],
-            "model_version": (clip.get("registered") or {}).get("version"),
-        },
+        "mini_clip": stages.mini_clip_summary(clip),
         "parent_run_id": parent_id,
         "steps": [{k: v for k, v in s.items() if k not in ("metrics", "model_dir")} for s in main],
         "results": {

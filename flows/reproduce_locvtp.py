@@ -345,11 +345,7 @@ def reproduce_locvtp(
         "frames_stage": frames["stage_uri"],
         "prefix_stage": main["prefix"]["stage_uri"],
         "features": {"locvtp": main["features"]["stage_uri"], "baseline": query_uri},
-        "mini_clip": {
-            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
-            "run_id": clip["run_id"],
-            "model_version": (clip.get("registered") or {}).get("version"),
-        },
+        "mini_clip": stages.mini_clip_summary(clip),
         "pretrain": main["job"],
         "grounding": grounding,
         "retrieval": retrieval,

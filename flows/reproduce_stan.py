@@ -184,11 +184,7 @@ def reproduce_stan(
         "dataset": key,
         "frames_stage": frames["stage_uri"],
         "features_stage": feats["stage_uri"],
-        "mini_clip": {
-            "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
-            "run_id": clip["run_id"],
-            "model_version": (clip.get("registered") or {}).get("version"),
-        },
+        "mini_clip": stages.mini_clip_summary(clip),
         "main": MAIN,
         "variants": {name: summarise(r) for name, r in results.items()},
     }

@@ -92,6 +92,15 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(result, default=str))
 
 
+def mini_clip_summary(clip: dict[str, Any]) -> dict[str, Any]:
+    """What a paper DAG reports of the mini CLIP it used: zero-shot skill, MLflow run, registered version."""
+    return {
+        "frame2caption_R@1": clip["metrics"].get("frame2caption/R@1"),
+        "run_id": clip["run_id"],
+        "model_version": (clip.get("registered") or {}).get("version"),
+    }
+
+
 def cached(root: str) -> dict[str, Any]:
     """The stage tasks configured to persist results and cache keys under `root`."""
     return {
