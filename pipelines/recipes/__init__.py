@@ -10,6 +10,7 @@ RECIPES: dict[str, str] = {
     "clip4clip": "pipelines.recipes.clip4clip:build",
     "stan": "pipelines.recipes.stan:build",
     "ucofia": "pipelines.recipes.ucofia:build",
+    "dcc": "pipelines.recipes.dcc:build",
     "locvtp": "pipelines.recipes.locvtp:build",
     "grounding": "pipelines.recipes.grounding:build",
 }

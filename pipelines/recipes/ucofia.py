@@ -57,6 +57,7 @@ class UCoFiARecipe:
         data = replace(cfg.data, input=m.input, max_frames=m.max_frames, max_words=m.max_words, arch=m.clip.arch)
         self.cfg = replace(cfg, data=data)
         self.train: TrainConfig = cfg.train
+        self.last_report: dict[str, Any] = {}
 
     @cached_property
     def data(self) -> RetrievalData:
@@ -87,7 +88,8 @@ class UCoFiARecipe:
         return EvalSet(keys, videos, captions, np.full(len(captions), -1, dtype=np.int64))
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return flatten(self.evaluate_full(model))
+        self.last_report = self.evaluate_full(model)  # kept for the driver's report, plots (rank arrays) and tables
+        return flatten(self.last_report)
 
     def evaluate_full(self, model: nn.Module) -> dict[str, Any]:
         if not isinstance(model, UCoFiA):
