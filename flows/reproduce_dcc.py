@@ -441,7 +441,7 @@ def reproduce_dcc(
     flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
     i3d_future = _cached(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
     # branch 2 (this thread): mini CLIP → CLIP frame features
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], user["miniclip"])
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], {**SIZES[size]["miniclip"], **user["miniclip"]})
     clip_feats = t["extract_clip_features"](frames_uri, root, key, clip["clip_arch"], clip["clip_checkpoint"])
     flow_stage = flow_future.result()
     i3d = i3d_future.result()
