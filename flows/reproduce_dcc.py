@@ -54,6 +54,7 @@ Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the con
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -209,7 +210,9 @@ def i3d_features(frames_uri: str, flow: dict[str, Any], root: str, dataset: str,
 
     out = extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
     first = shards.committed_shards(out["stage_uri"])[0]
-    out["feature_dim"] = int(next(r for r in shards.read_rows(out["stage_uri"], first) if r["shape"])["shape"][1])
+    shape = next(r for r in shards.read_rows(out["stage_uri"], first) if r["shape"])["shape"]
+    # manifest rows keep the array shape as JSON text ("[T, D]")
+    out["feature_dim"] = int((json.loads(shape) if isinstance(shape, str) else shape)[1])
     return out
 
 
