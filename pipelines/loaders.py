@@ -145,9 +145,13 @@ class EpochPlan:
         """
         n = self.steps(world_size)
         mix = np.random.default_rng([self.seed, epoch, rank, 1])
-        samples = iter_samples(
+        stream = iter_samples(
             self.index.uri, rank_shards(self.index, self.seed, epoch, rank, world_size), mix, self.buffer
         )
+        # A shard may mix splits (the stage is written in input order): the index counts only its keys, so the stream
+        # must keep only them too — otherwise test videos would leak into training.
+        keys = self.index.keys
+        samples = stream if keys is None else (s for s in stream if s[0] in keys)
         for i, group in enumerate(batched(samples, self.per_rank_batch(world_size))):
             if i >= n:
                 break

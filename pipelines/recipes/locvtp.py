@@ -58,7 +58,7 @@ from pipelines.features.locvtp_clips import (
     stored_stride,
     video_fps,
 )
-from pipelines.loaders import EpochPlan, Sample, ShardIndex, batched, iter_samples, rank_shards
+from pipelines.loaders import EpochPlan, Sample, ShardIndex
 
 SEPARATOR = ". "
 
@@ -222,22 +222,7 @@ class LocVTPRecipe:
         repeats = self.cfg.data.repeats_per_epoch
         for r in range(start // per_pass, repeats):
             offset = start - r * per_pass if r == start // per_pass else 0
-            yield from self._pass(epoch * repeats + r, rank, world_size, offset)
-
-    def _pass(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[Batch]:
-        """`EpochPlan.batches` restricted to the plan's keys: the shared plan counts only those keys per shard but
-        streams every sample of its shards, and the frames stage mixes splits within a shard."""
-        plan, keys = self.plan, self.plan.index.keys
-        mix = np.random.default_rng([plan.seed, epoch, rank, 1])
-        stream = iter_samples(
-            plan.index.uri, rank_shards(plan.index, plan.seed, epoch, rank, world_size), mix, plan.buffer
-        )
-        wanted = (s for s in stream if keys is None or s[0] in keys)
-        for i, group in enumerate(batched(wanted, plan.per_rank_batch(world_size))):
-            if i >= plan.steps(world_size):
-                break
-            if i >= start:
-                yield self.collate(group, np.random.default_rng([plan.seed, epoch, rank, 2, i]))
+            yield from self.plan.batches(epoch * repeats + r, rank, world_size, self.collate, start=offset)
 
     def example(
         self, array: np.ndarray, meta: Mapping[str, Any], run: Sequence[GroundingQuery], rng: np.random.Generator
