@@ -42,9 +42,11 @@ pytest: install
 test: lint typecheck pytest
 
 # The mini CLIP4Clip reproduction: data → ingest → mini CLIP → features → 4 heads + 1-frame meanP → evaluate → registry.
-# ~15–20 min on 2 CPU cores the first time; a rerun reuses every finished stage.
+# One training job at a time, so each Ray worker gets every core (torch threads); a rerun reuses every finished stage.
+DEMO_CPUS ?= $(shell nproc 2>/dev/null || echo 1)
 demo: install
-	time $(BIN)/vlrepro reproduce clip4clip --dataset mini-retrieval --size small --root $(RUN_ROOT)
+	time $(BIN)/vlrepro reproduce clip4clip --dataset mini-retrieval --size small --root $(RUN_ROOT) \
+		--cpus-per-worker $(DEMO_CPUS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -217,6 +217,10 @@ def reproduce_cmd(
     size: Annotated[str, typer.Option(help="Mini-world size: tiny | small | medium.")] = "small",
     seed: Annotated[int, typer.Option(help="Mini-world seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Ray Train workers per training job.")] = 1,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option(help="CPUs (torch threads) per Ray Train worker [env VLREPRO_CPUS_PER_WORKER, default 1]."),
+    ] = None,
     ablations: Annotated[bool, typer.Option(help="Also run the paper's ablation table.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override every training config: key=value.")] = None,
     as_json: JsonOpt = False,
@@ -230,6 +234,13 @@ def reproduce_cmd(
         raise typer.BadParameter(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}", param_hint="PAPER")
     if size not in ("tiny", "small", "medium"):
         raise typer.BadParameter(f"unknown size {size!r}", param_hint="--size")
+    if cpus_per_worker is not None:
+        if not cpus_per_worker > 0:
+            raise typer.BadParameter("must be a positive number of CPUs", param_hint="--cpus-per-worker")
+        os.environ["VLREPRO_CPUS_PER_WORKER"] = str(cpus_per_worker)
+        from infra.settings import get_settings
+
+        get_settings(reload=True)
     path, default_dataset = PAPERS[paper]
     module, attr = path.split(":")
     flow_fn = getattr(importlib.import_module(module), attr)

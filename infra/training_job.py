@@ -30,6 +30,7 @@ import torch
 
 from infra import ray_train
 from infra.registry import Registry
+from infra.settings import get_settings
 from infra.tracking import Tracker, run_guard
 from pipelines import shards, storage
 from pipelines.recipes import RECIPES
@@ -122,7 +123,9 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         fit = ray_train.fit(
             recipe_path,
             job.config,
-            ray_train.ScalingSpec(num_workers=job.num_workers, use_gpu=job.use_gpu),
+            ray_train.ScalingSpec(
+                num_workers=job.num_workers, use_gpu=job.use_gpu, cpus_per_worker=get_settings().cpus_per_worker
+            ),
             ray_train.RunSpec(
                 name=job.run_name, storage_path=storage.join(job.root, "ray"), max_failures=job.max_failures
             ),

@@ -14,6 +14,8 @@ collective waits forever. Here:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,11 +88,56 @@ def rank_shards(index: ShardIndex, seed: int, epoch: int, rank: int, world_size:
     return [index.shards[i] for i in perm[rank::world_size]]
 
 
+#: decoded shards kept in this process, by (stage URI, shard): training reads the same shards every pass, and a
+#: features stage (the mini world's: 12 MB) decodes slower than the step it feeds. Bounded by ``VLREPRO_SHARD_CACHE_MB``
+#: (default 1024; 0 disables): once full, further shards stream from storage as before. An entry is keyed by the shard's
+#: commit marker too, so a shard rewritten in place (ingest ``--mode overwrite``) is read afresh.
+_SHARD_CACHE: dict[tuple[str, int, str], list[Sample]] = {}
+_SHARD_CACHE_BYTES = [0]
+
+
+def cache_budget_bytes() -> int:
+    return int(float(os.environ.get("VLREPRO_SHARD_CACHE_MB", "1024")) * 2**20)
+
+
+def _nbytes(members: dict[str, Any]) -> int:
+    return sum(v.nbytes if isinstance(v, np.ndarray) else 256 for v in members.values())
+
+
+def shard_samples(uri: str, index: int) -> Iterator[Sample]:
+    """One shard's decoded samples in order, from the process cache when it holds them (arrays are read-only there:
+    every consumer indexes or copies them, none may write)."""
+    entry = (uri, index, json.dumps(shards.shard_stats(uri, index), sort_keys=True))
+    cached = _SHARD_CACHE.get(entry)
+    if cached is not None:
+        yield from cached
+        return
+    budget = cache_budget_bytes()
+    kept: list[Sample] | None = [] if _SHARD_CACHE_BYTES[0] < budget else None
+    size = 0
+    for key, members in shards.iter_shard(uri, index):
+        if kept is not None:
+            for v in members.values():
+                if isinstance(v, np.ndarray):
+                    v.setflags(write=False)
+            kept.append((key, members))
+            size += _nbytes(members)
+        yield key, members
+    if kept is not None and _SHARD_CACHE_BYTES[0] + size <= budget:  # only whole shards, read to the end
+        _SHARD_CACHE[entry] = kept
+        _SHARD_CACHE_BYTES[0] += size
+
+
+def clear_shard_cache() -> None:
+    _SHARD_CACHE.clear()
+    _SHARD_CACHE_BYTES[0] = 0
+
+
 def iter_samples(
     uri: str, shard_ids: Sequence[int], rng: np.random.Generator | None = None, buffer: int = 256
 ) -> Iterator[Sample]:
     """Samples of the given shards in order, mixed through a shuffle buffer when `rng` is given."""
-    stream = (s for i in shard_ids for s in shards.iter_shard(uri, i))
+    stream = (s for i in shard_ids for s in shard_samples(uri, i))
     if rng is None:
         yield from stream
         return

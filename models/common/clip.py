@@ -158,7 +158,15 @@ def tokenize(arch: str, texts: str | Sequence[str], context_length: int) -> torc
     """Captions → token ids `(B, L)` for `arch` without building a model (data loaders use this)."""
     if isinstance(texts, str):
         texts = [texts]
-    return _tokenizer(arch)(list(texts), context_length=context_length)
+    if not texts:
+        return _tokenizer(arch)([], context_length=context_length)
+    # training draws the same captions every pass: memoised rows, stacked into a fresh tensor (callers may write it)
+    return torch.stack([_token_row(arch, t, context_length) for t in texts])
+
+
+@lru_cache(maxsize=1 << 16)
+def _token_row(arch: str, text: str, context_length: int) -> torch.Tensor:
+    return _tokenizer(arch)([text], context_length=context_length)[0]
 
 
 class ClipBackbone(nn.Module):

@@ -60,6 +60,7 @@ def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
         (["ingest", "--sourse", "."], "No such option"),
         (["eval", "retrieval", "--similarity", "/nope.npy"], "does not exist"),
         (["data", "make", "mini-nothing", "--out", "/tmp/x"], "unknown dataset"),
+        (["reproduce", "clip4clip", "--cpus-per-worker", "0"], "positive number of CPUs"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, needle):

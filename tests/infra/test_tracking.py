@@ -63,7 +63,7 @@ def make_run_root(path: Path) -> Path:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No tracking-related env vars, and a settings cache that is re-read (and restored after the test)."""
-    for var in ("MLFLOW_TRACKING_URI", "VLREPRO_RUN_ROOT", "RAY_ADDRESS", "PREFECT_API_URL"):
+    for var in ("MLFLOW_TRACKING_URI", "VLREPRO_RUN_ROOT", "RAY_ADDRESS", "PREFECT_API_URL", "VLREPRO_CPUS_PER_WORKER"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(infra.settings, "_settings", None)
     return monkeypatch
@@ -93,6 +93,20 @@ def test_settings_read_the_environment_once_and_reload(clean_env: pytest.MonkeyP
     assert artifact_root("/anywhere") is None  # the server decides where artefacts go
     with pytest.raises(AttributeError):
         settings.run_root = "x"  # type: ignore[misc]
+
+
+def test_cpus_per_worker_setting_reaches_the_ray_scaling(clean_env: pytest.MonkeyPatch) -> None:
+    from infra.ray_train import ScalingSpec
+
+    assert get_settings(reload=True).cpus_per_worker == 1.0
+    clean_env.setenv("VLREPRO_CPUS_PER_WORKER", "2")
+    cpus = get_settings(reload=True).cpus_per_worker
+    assert cpus == 2.0
+    assert ScalingSpec(cpus_per_worker=cpus).to_ray().resources_per_worker == {"CPU": 2.0}
+    for bad in ("0", "-1", "two"):
+        clean_env.setenv("VLREPRO_CPUS_PER_WORKER", bad)
+        with pytest.raises(ValueError, match="VLREPRO_CPUS_PER_WORKER"):
+            get_settings(reload=True)
 
 
 def test_empty_env_var_means_unset(clean_env: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from pipelines import shards
+from pipelines import loaders, shards
 from pipelines.loaders import EpochPlan, ShardIndex
 from pipelines.recipes.retrieval_data import RetrievalData, RetrievalDataConfig
 
@@ -56,3 +57,33 @@ def test_retrieval_training_batches_hold_no_test_video(tmp_path: Path) -> None:
     assert len(seen) == 3 * data.steps_per_epoch(1) * 2
     assert set(seen) == train and not set(seen) & test
     assert sorted(data.eval_set().keys) == sorted(test)
+
+
+def test_decoded_shard_cache_replays_the_same_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second pass comes from memory (no tar is opened) and equals the first; arrays there are read-only; a
+    shard rewritten in place is read afresh; a zero budget caches nothing."""
+    uri, train, _ = _mixed_stage(tmp_path)
+    loaders.clear_shard_cache()
+    plan = EpochPlan(ShardIndex.from_stage(uri, keys=train), global_batch=2, seed=0, buffer=4)
+
+    def keys_of(epoch: int) -> list[list[str]]:
+        return list(plan.batches(epoch, 0, 1, collate=lambda g, rng: [k for k, _ in g]))
+
+    first = [keys_of(e) for e in range(3)]
+    opened: list[int] = []
+    real = shards.iter_shard
+    monkeypatch.setattr(shards, "iter_shard", lambda u, i, **kw: opened.append(i) or real(u, i, **kw))
+    assert [keys_of(e) for e in range(3)] == first and opened == []
+    sample = next(loaders.shard_samples(uri, 2))
+    with pytest.raises(ValueError, match="read-only"):
+        sample[1]["npy"][0, 0] = 1.0
+    # rewrite shard 2 in place with new values: its new commit marker misses the cache
+    rows = [{"key": f"r{i:02d}", "split": "train", "status": "ok"} for i in range(4, 10)]
+    new = [(r["key"], {"npy": np.full((4, 3), 7.0, np.float32), "json": {"split": "train"}}) for r in rows]
+    shards.write_shard(uri, 2, new, rows, {"n_samples": 6, "status_counts": {"ok": 6}, "rewritten": True})
+    assert all(m["npy"][0, 0] == 7.0 for _, m in loaders.shard_samples(uri, 2)) and opened == [2]
+    loaders.clear_shard_cache()
+    monkeypatch.setenv("VLREPRO_SHARD_CACHE_MB", "0")
+    list(loaders.shard_samples(uri, 1))
+    list(loaders.shard_samples(uri, 1))
+    assert opened == [2, 1, 1]
