@@ -221,6 +221,13 @@ def reproduce_cmd(
         float | None,
         typer.Option(help="CPUs (torch threads) per Ray Train worker [env VLREPRO_CPUS_PER_WORKER, default 1]."),
     ] = None,
+    parallel_jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Independent training jobs (CLIP4Clip's heads) run at once, sharing --cpus-per-worker "
+            "[env VLREPRO_PARALLEL_JOBS, default 1]."
+        ),
+    ] = None,
     ablations: Annotated[bool, typer.Option(help="Also run the paper's ablation table.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override every training config: key=value.")] = None,
     as_json: JsonOpt = False,
@@ -238,6 +245,11 @@ def reproduce_cmd(
         if not cpus_per_worker > 0:
             raise typer.BadParameter("must be a positive number of CPUs", param_hint="--cpus-per-worker")
         os.environ["VLREPRO_CPUS_PER_WORKER"] = str(cpus_per_worker)
+    if parallel_jobs is not None:
+        if parallel_jobs < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--parallel-jobs")
+        os.environ["VLREPRO_PARALLEL_JOBS"] = str(parallel_jobs)
+    if cpus_per_worker is not None or parallel_jobs is not None:
         from infra.settings import get_settings
 
         get_settings(reload=True)

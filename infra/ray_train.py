@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,10 +71,12 @@ EpochCallback = Callable[[Mapping[str, float], int], None]
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
+REPORT_FILE = "report.json"  # rank 0's evaluation of an evaluated epoch: {"metrics": {...}, "report": {...}}
 RUN_RECORD = "vlrepro_run.json"
 _RECORD_VERSION = 1
 
 logger = logging.getLogger(__name__)
+_CONNECT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class FitResult:
     # before the first checkpoint starts afresh and is not counted).
     resumes: int = 0
     reused: bool = False  # True when `fit` found the run already finished and returned the stored result
+    # ``report.json`` in the final checkpoint: the workers' evaluation of the final weights (None for runs recorded
+    # before it existed). The driver reads it instead of evaluating again: on a cluster the driver may have no GPU.
+    report_path: str | None = None
 
 
 class TrainingError(RuntimeError):
@@ -184,15 +190,29 @@ def connect(ray_address: str | None = None) -> None:
     On a cluster the workers import the recipe themselves, so the project must be installed in the cluster's image
     (or shipped with a ``runtime_env``); on this host Ray workers see the driver's working directory.
     """
-    if ray.is_initialized():
-        return
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # "local": a private instance, never a `ray start` cluster that someone else left on this host (a bare
-        # ray.init() would attach to it). Ray counts the CPUs itself (cgroup-aware, unlike os.cpu_count()).
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    with _CONNECT_LOCK:  # a DAG's parallel jobs connect from several threads
+        if ray.is_initialized():
+            return
+        address = ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            # "local": a private instance, never a `ray start` cluster that someone else left on this host (a bare
+            # ray.init() would attach to it). Ray counts the CPUs itself (cgroup-aware, unlike os.cpu_count()).
+            # Without the dashboard there is no state API, which Ray Train's placement-group cleaner polls every
+            # second, logging a warning each time: the hook quiets that one logger in every worker process (and
+            # must stay light, see infra/ray_hooks.py).
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env={
+                    "worker_process_setup_hook": "infra.ray_hooks.quiet_worker_logs",
+                    # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job
+                    # on a small CPU budget (each costs ~2-3 % of a core while its job runs)
+                    "env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
+                },
+            )
 
 
 def fit(
@@ -266,6 +286,7 @@ def fit(
     ckpt = result.checkpoint
     saved = json.loads(_read_bytes(ckpt.filesystem, f"{ckpt.path}/{HISTORY_FILE}"))
     checkpoint_uri = _uri(run.storage_uri(), ckpt.path)
+    has_report = ckpt.filesystem.get_file_info(f"{ckpt.path}/{REPORT_FILE}").type == pyarrow.fs.FileType.File
     out = FitResult(
         metrics=saved["history"][-1],
         history=saved["history"],
@@ -273,6 +294,7 @@ def fit(
         state_path=f"{checkpoint_uri}/{MODEL_FILE}",
         run_name=run.name,
         resumes=saved["resumes"],
+        report_path=f"{checkpoint_uri}/{REPORT_FILE}" if has_report else None,
     )
     result_fields = asdict(out)
     result_fields.pop("reused")
@@ -389,7 +411,23 @@ def _restore(trainer: Trainer, checkpoint: Checkpoint, rank: int, world: int, re
     return saved
 
 
-def _save_and_report(trainer: Trainer, history: list[dict[str, float]], resumes: int, rank: int, world: int) -> None:
+def _json_default(value: Any) -> Any:
+    """Rank arrays and numpy scalars in an evaluation report → JSON."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return float(value)
+
+
+def _save_and_report(
+    trainer: Trainer,
+    history: list[dict[str, float]],
+    resumes: int,
+    rank: int,
+    world: int,
+    evaluation: Mapping[str, Any] | None = None,
+) -> None:
     rank_rng = _gather_rng(world)  # a collective: every rank, every epoch
     epoch = trainer.progress.epoch
     metrics = history[-1]
@@ -408,6 +446,8 @@ def _save_and_report(trainer: Trainer, history: list[dict[str, float]], resumes:
             torch.save(state, Path(directory) / STATE_FILE)
             torch.save(trainer.model.state_dict(), Path(directory) / MODEL_FILE)
             (Path(directory) / HISTORY_FILE).write_text(json.dumps({"history": history, "resumes": resumes}))
+            if evaluation is not None:
+                (Path(directory) / REPORT_FILE).write_text(json.dumps(evaluation, default=_json_default))
             # report() uploads synchronously (CheckpointUploadMode.SYNC), so the temp dir may go afterwards.
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=name)
     # Commit barrier. report() only queues the result in this process; the controller registers the checkpoint
@@ -426,6 +466,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     failure: _FailureInjection | None = config["failure"]
     on_epoch: EpochCallback | None = config["on_epoch"]
 
+    # torch's intra-op threads = the CPUs Ray reserved for this worker. Ray only exports OMP_NUM_THREADS, which OpenMP
+    # reads once when it is loaded: anything that imported torch earlier in this process would leave it at the
+    # host's core count, and parallel jobs would oversubscribe the CPUs.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
     seed_everything(recipe.train.seed)
     trainer = Trainer(recipe, recipe.build_model(), rank, world, device=ray.train.torch.get_device())
     history: list[dict[str, float]] = []
@@ -444,12 +490,27 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     while trainer.progress.epoch < recipe.train.epochs:
         metrics = trainer.train_epoch(on_step)
-        if trainer.should_evaluate() and rank == 0:
-            metrics |= trainer.evaluate()
+        evaluation: dict[str, Any] | None = None
+        if trainer.should_evaluate() and rank == 0:  # always at the last epoch: the job's final evaluation
+            scores = trainer.evaluate()
+            metrics |= scores
+            evaluation = {"metrics": scores, "report": getattr(recipe, "last_report", None) or {}}
         history.append(metrics)
         if rank == 0 and on_epoch is not None:
             on_epoch(metrics, trainer.progress.epoch)
-        _save_and_report(trainer, history, resumes, rank, world)
+        _save_and_report(trainer, history, resumes, rank, world, evaluation)
+
+
+def read_report(fit_result: FitResult) -> tuple[dict[str, float], dict[str, Any]] | None:
+    """The workers' final evaluation ``(metrics, report)`` stored with the final checkpoint, or None."""
+    if fit_result.report_path is None:
+        return None
+    fs, path = pyarrow.fs.FileSystem.from_uri(fit_result.report_path)
+    data = json.loads(_read_bytes(fs, path))
+    report = dict(data["report"])
+    if isinstance(report.get("ranks"), dict):  # plots want arrays
+        report["ranks"] = {k: np.asarray(v) for k, v in report["ranks"].items()}
+    return {k: float(v) for k, v in data["metrics"].items()}, report
 
 
 __all__ = [
@@ -461,4 +522,5 @@ __all__ = [
     "connect",
     "fit",
     "load_recipe_fn",
+    "read_report",
 ]

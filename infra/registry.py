@@ -18,6 +18,7 @@ import math
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ def _local_files(local_dir: Path) -> dict[str, int]:
     return {p.relative_to(local_dir).as_posix(): p.stat().st_size for p in local_dir.rglob("*") if p.is_file()}
 
 
+_REGISTER_LOCK = threading.Lock()
+
+
 class Registry:
     """Registered models of one tracking backend (the `Tracker`'s client and URI)."""
 
@@ -86,6 +90,22 @@ class Registry:
         """
         _check(name, "model name")
         _check(run_key, "run key")
+        with _REGISTER_LOCK:  # jobs of one DAG finish in parallel threads: compare-and-move @champion atomically
+            return self._register(
+                name, run_id, local_dir, metric_name, metric_value, run_key, higher_is_better, description
+            )
+
+    def _register(
+        self,
+        name: str,
+        run_id: str,
+        local_dir: str | Path,
+        metric_name: str,
+        metric_value: float,
+        run_key: str,
+        higher_is_better: bool,
+        description: str,
+    ) -> dict[str, Any]:
         self._ensure_model(name, metric_name, higher_is_better)
         version = self._version_for_key(name, run_key)
         if version is None:

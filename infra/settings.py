@@ -31,6 +31,16 @@ class Settings:
     #: ``OMP_NUM_THREADS`` (torch's intra-op threads) to it. 1 leaves room for parallel jobs; a lone job on a small
     #: host (`make demo` on 2 cores) trains faster with all of them.
     cpus_per_worker: float = 1.0
+    #: ``VLREPRO_PARALLEL_JOBS``: how many of a DAG's independent training jobs (CLIP4Clip's heads) run at once. They
+    #: share ``cpus_per_worker``: each gets ``cpus_per_worker / min(parallel_jobs, jobs)`` CPUs (at least 1), so
+    #: ``--cpus-per-worker 2 --parallel-jobs 2`` trains the lone mini-CLIP job on 2 threads and two heads at a time on
+    #: 1 thread each (small models use two single-thread processes better than one two-thread process).
+    parallel_jobs: int = 1
+
+    def job_cpus(self, concurrent_jobs: int) -> float:
+        """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
+        share = min(self.parallel_jobs, max(1, concurrent_jobs))
+        return max(1.0, float(int(self.cpus_per_worker // share))) if share > 1 else self.cpus_per_worker
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +57,7 @@ class Settings:
             prefect_api_url=get("PREFECT_API_URL"),
             run_root=get("VLREPRO_RUN_ROOT") or DEFAULT_RUN_ROOT,
             cpus_per_worker=_positive_float("VLREPRO_CPUS_PER_WORKER", get("VLREPRO_CPUS_PER_WORKER") or "1"),
+            parallel_jobs=_positive_int("VLREPRO_PARALLEL_JOBS", get("VLREPRO_PARALLEL_JOBS") or "1"),
         )
 
 
@@ -57,6 +68,16 @@ def _positive_float(name: str, value: str) -> float:
         out = -1.0
     if not out > 0:
         raise ValueError(f"{name}={value!r} must be a positive number of CPUs")
+    return out
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        out = int(value)
+    except ValueError:
+        out = 0
+    if out < 1:
+        raise ValueError(f"{name}={value!r} must be a positive whole number")
     return out
 
 

@@ -4,9 +4,10 @@ Every paper's DAG trains through `run_job`, so the contracts hold for all of the
 
 - **the job key** (`TrainingJob.run_name`) names the Ray run *and* the MLflow run (tag ``vlrepro.run_key``): relaunching
   the same job resumes Ray from its last checkpoint and keeps **one** MLflow run (reliability notes §2.3 #17, §2.4 #22);
-- per-epoch metrics are logged from rank 0 during training (step = epoch); the final evaluation runs here on the
-  driver from the final weights and is logged with the ``final/`` prefix (step = epochs), with plots when the recipe
-  reports ranks (retrieval: recall@K curve, rank histogram);
+- per-epoch metrics are logged from rank 0 during training (step = epoch); the final evaluation runs on rank 0 at
+  the last epoch (where the accelerator is: a cluster's driver may have none), travels in the final checkpoint
+  (``report.json``) and is logged here with the ``final/`` prefix (step = epochs), with plots when the recipe reports
+  ranks (retrieval: recall@K curve, rank histogram); runs recorded before that are evaluated here on the driver;
 - the recipe's input stage manifest is the run's MLflow dataset input;
 - the model folder (``model.pt`` + ``job.json`` + recipe exports) is registered as a version of the method's model;
   ``@champion`` moves only when the metric beats the current champion (idempotent per job key);
@@ -54,6 +55,7 @@ class TrainingJob:
     register: bool = True
     dataset_stage: str | None = None  # stage whose manifest is the run's dataset input
     tags: dict[str, str] = field(default_factory=dict)
+    cpus_per_worker: float | None = None  # None: the settings' `cpus_per_worker` (jobs run together get a share)
 
 
 def job_record_path(root: str, run_name: str) -> str:
@@ -124,7 +126,9 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
             recipe_path,
             job.config,
             ray_train.ScalingSpec(
-                num_workers=job.num_workers, use_gpu=job.use_gpu, cpus_per_worker=get_settings().cpus_per_worker
+                num_workers=job.num_workers,
+                use_gpu=job.use_gpu,
+                cpus_per_worker=job.cpus_per_worker or get_settings().cpus_per_worker,
             ),
             ray_train.RunSpec(
                 name=job.run_name, storage_path=storage.join(job.root, "ray"), max_failures=job.max_failures
@@ -132,13 +136,19 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
             on_epoch=tracker.epoch_logger(run_id),
             ray_address=ray_address,
         )
+        trained = time.monotonic()
         recipe = ray_train.load_recipe_fn(recipe_path)(job.config)
         model = recipe.build_model()
         model.load_state_dict(_load_state(fit.state_path))
         model.eval()
-        with torch.no_grad():
-            metrics = dict(recipe.evaluate(model))
-        report = dict(getattr(recipe, "last_report", None) or {})
+        worker_eval = ray_train.read_report(fit)
+        if worker_eval is not None:  # rank 0 evaluated these very weights at the last epoch
+            metrics, report = worker_eval
+        else:  # a run recorded before the workers stored their evaluation
+            log.info("%s: evaluating the final weights on the driver", job.run_name)
+            with torch.no_grad():
+                metrics = dict(recipe.evaluate(model))
+            report = dict(getattr(recipe, "last_report", None) or {})
         epochs = len(fit.history)
         tracker.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=epochs)
         _plots(tracker, run_id, report)
@@ -162,6 +172,7 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
                 registered = Registry(tracker).register(
                     job.method, run_id, model_dir, job.metric, float(value), job.run_name, job.higher_is_better
                 )
+    seconds, fit_seconds = time.monotonic() - start, trained - start
     record = {
         "run_name": job.run_name,
         "run_id": run_id,
@@ -174,7 +185,15 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         "checkpoint": fit.checkpoint_path,
         "model_dir": str(model_dir) if storage.is_local(model_uri) else model_uri,
         "registered": registered,
-        "seconds": round(time.monotonic() - start, 2),
+        "seconds": round(seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),  # Ray start-up, training, checkpoints, in-worker evaluation
     }
+    log.info(
+        "%s: done in %.0f s (fit %.0f s, tracking and registry %.0f s)",
+        job.run_name,
+        seconds,
+        fit_seconds,
+        seconds - fit_seconds,
+    )
     storage.write_json_atomic(job_record_path(job.root, job.run_name), record)
     return {**record, "reused": False}

@@ -27,6 +27,9 @@ class OptimConfig:
     warmup_steps: int = 0  # > 0 overrides warmup_fraction
     schedule: Literal["cosine", "constant"] = "cosine"  # cosine decay to 0 after warmup
     grad_clip: float = 1.0  # global grad-norm clip (CLIP4Clip); 0 disables
+    # torch's fused AdamW: the same update in one kernel per step (~5x faster on CPU for CLIP's 49,408 x width token
+    # table), float rounding differs from the default loop, so it is opt-in: the measured tables stay bit-reproducible.
+    fused: bool = False
 
 
 _NO_DECAY_HINTS = ("bias", "norm", "ln_", ".ln", "embedding", "logit_scale", "positional", "class_embedding", "prompt")
@@ -74,7 +77,9 @@ def build_optimizer(
         raise ValueError("the model has no trainable parameters")
     for g in groups:
         g.pop("names")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=cfg.fused or None
+    )
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:

@@ -61,6 +61,7 @@ def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
         (["eval", "retrieval", "--similarity", "/nope.npy"], "does not exist"),
         (["data", "make", "mini-nothing", "--out", "/tmp/x"], "unknown dataset"),
         (["reproduce", "clip4clip", "--cpus-per-worker", "0"], "positive number of CPUs"),
+        (["reproduce", "clip4clip", "--parallel-jobs", "0"], "at least 1"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, needle):

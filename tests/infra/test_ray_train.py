@@ -160,10 +160,14 @@ def test_fit_equals_fit_local_and_same_name_resumes(ray_local, tmp_path, local_r
     assert [int(line.split()[0]) for line in epochs_log.read_text().splitlines()] == [3]  # only epoch 3 trained
     assert [e["epoch"] for e in resumed.history] == [1.0, 2.0, 3.0]
     assert deterministic(resumed.history) == deterministic(history)
+    assert {e["train/threads"] for e in resumed.history} == {1.0}  # the 1-CPU reservation, not the host's cores
     saved = model_state(resumed)
     assert saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in weights)
     assert "eval/mse" in resumed.metrics and resumed.metrics == resumed.history[-1]
     assert resumed.checkpoint_path == str(run_dir / "epoch_0003")
+    # the workers' final evaluation travels with the final checkpoint, so the driver need not evaluate again
+    assert resumed.report_path == str(run_dir / "epoch_0003" / ray_train.REPORT_FILE)
+    assert ray_train.read_report(resumed) == ({"eval/mse": history[-1]["eval/mse"]}, {})
     assert (resumed.resumes, resumed.reused) == (1, False)
 
     control = fit(RECIPE, CONFIG, ONE, RunSpec("no-rng-restore", str(tmp_path), max_failures=0), restore_rng=False)
@@ -182,6 +186,7 @@ def test_fit_equals_fit_local_and_same_name_resumes(ray_local, tmp_path, local_r
     again = fit(RECIPE, CONFIG, ONE, run)
     assert time.monotonic() - t4 < 5
     assert again.reused and (again.history, again.checkpoint_path) == (resumed.history, resumed.checkpoint_path)
+    assert again.report_path == resumed.report_path
 
     # Reusing the name for a different job is an error, not a silent resume of the old one.
     with pytest.raises(RunConflictError, match="resume-me"):

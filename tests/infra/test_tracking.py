@@ -109,6 +109,23 @@ def test_cpus_per_worker_setting_reaches_the_ray_scaling(clean_env: pytest.Monke
             get_settings(reload=True)
 
 
+def test_parallel_jobs_share_the_cpus_per_worker(clean_env: pytest.MonkeyPatch) -> None:
+    assert get_settings(reload=True).parallel_jobs == 1
+    clean_env.setenv("VLREPRO_CPUS_PER_WORKER", "2")
+    clean_env.setenv("VLREPRO_PARALLEL_JOBS", "2")
+    s = get_settings(reload=True)
+    assert s.parallel_jobs == 2
+    # a lone job keeps every CPU; jobs started together split them, never below one CPU each
+    assert [s.job_cpus(n) for n in (1, 2, 5)] == [2.0, 1.0, 1.0]
+    assert Settings(cpus_per_worker=8, parallel_jobs=3).job_cpus(5) == 2.0
+    assert Settings(cpus_per_worker=1, parallel_jobs=4).job_cpus(4) == 1.0
+    assert Settings(cpus_per_worker=2.5, parallel_jobs=1).job_cpus(5) == 2.5
+    for bad in ("0", "-2", "1.5", "two"):
+        clean_env.setenv("VLREPRO_PARALLEL_JOBS", bad)
+        with pytest.raises(ValueError, match="VLREPRO_PARALLEL_JOBS"):
+            get_settings(reload=True)
+
+
 def test_empty_env_var_means_unset(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MLFLOW_TRACKING_URI", "  ")
     assert get_settings(reload=True).mlflow_tracking_uri is None

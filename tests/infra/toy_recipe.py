@@ -53,7 +53,9 @@ class ToyMLP(nn.Module):
         x = x + self.noise * torch.randn(x.shape[0] + extra, x.shape[1])[: x.shape[0]]
         pred = self(x)
         loss = nn.functional.mse_loss(pred, batch["y"])
-        return {"loss": loss, "pred_mean": pred.detach().mean()}
+        # torch's intra-op threads: a 1-CPU Ray worker must run one (the worker sets it from its CPU reservation)
+        threads = torch.tensor(float(torch.get_num_threads()))
+        return {"loss": loss, "pred_mean": pred.detach().mean(), "threads": threads}
 
     def lr_scales(self) -> dict[str, float]:
         return {}

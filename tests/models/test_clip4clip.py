@@ -396,3 +396,55 @@ def test_inputs_are_validated() -> None:
     with pytest.raises(ValueError, match="features"):
         make("meanP").encode_frames(torch.randn(1, T, D + 1), torch.ones(1, T, dtype=torch.bool))
     assert batch["text"].shape == (B, 16)  # tokenised to max_words
+
+
+def test_the_mini_configs_max_words_fits_every_mini_world_caption() -> None:
+    """The mini config shortens captions to `max_words` tokens for speed: that must never cut a caption (a cut one
+    would lose its EOT's meaning). Every template × colour × shape × direction pair, tokenised with SOT/EOT."""
+    import itertools
+
+    import yaml
+
+    from models.common.clip import tokenize
+    from pipelines.miniworld.vocab import COLOURS, DIRECTIONS, RETRIEVAL_TEMPLATES, SHAPES, fill
+
+    config = Path(__file__).resolve().parents[2] / "models/clip4clip/configs/mini-retrieval.yaml"
+    max_words = yaml.safe_load(config.read_text())["model"]["max_words"]
+    captions = [
+        fill(t, c, s, a, b)
+        for t, c, s, (a, b) in itertools.product(
+            RETRIEVAL_TEMPLATES, COLOURS, SHAPES, itertools.permutations(DIRECTIONS, 2)
+        )
+    ]
+    lengths = (tokenize("vlrepro-mini", captions, 77) != 0).sum(dim=1)
+    longest = captions[int(lengths.argmax())]
+    assert int(lengths.max()) <= max_words, f"{longest!r} has {int(lengths.max())} tokens > max_words {max_words}"
+    assert int(lengths.max()) >= max_words - 2  # and the budget is not far above need: the test tracks the templates
+
+
+def test_fused_adamw_makes_the_same_update_as_the_default_loop() -> None:
+    from models.engine.optim import OptimConfig, build_optimizer
+
+    def run(fused: bool) -> tuple[torch.optim.AdamW, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build(
+            Clip4ClipConfig(
+                clip=ClipConfig(arch="vlrepro-tiny", pretrained=None),
+                head="seqTransf",
+                temporal_init="random",
+                max_words=16,
+            )
+        )
+        opt = build_optimizer(model, OptimConfig(lr=1e-3, fused=fused), model.lr_scales())
+        for step in range(3):
+            torch.manual_seed(step)
+            loss = sum((p * torch.randn_like(p)).sum() for p in model.parameters() if p.requires_grad)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    fused_opt, fused = run(True)
+    plain_opt, plain = run(False)
+    assert fused_opt.defaults["fused"] is True and not plain_opt.defaults["fused"]
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(fused, plain, strict=True))

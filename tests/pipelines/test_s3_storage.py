@@ -283,15 +283,24 @@ def test_training_job_checkpoints_and_model_on_s3(ray_with_s3, tmp_path, monkeyp
         higher_is_better=False,
         num_workers=1,
     )
+    from tests.infra.toy_recipe import ToyRecipe
+
+    def no_driver_evaluation(self: Any, model: Any) -> dict[str, float]:
+        raise AssertionError("the driver must use the workers' final evaluation (report.json), not evaluate again")
+
+    evaluate = ToyRecipe.evaluate
+    monkeypatch.setattr(ToyRecipe, "evaluate", no_driver_evaluation)  # this process only: Ray workers are others
     t0 = time.monotonic()
     out = run_job(job)
     t_job = time.monotonic() - t0
+    monkeypatch.setattr(ToyRecipe, "evaluate", evaluate)
     run_prefix = "runs/ray/toy-s3/"
     assert out["reused"] is False and len(out["history"]) == 2
     assert out["checkpoint"] == f"{ROOT}/ray/toy-s3/epoch_0002"
     ray_keys = object_keys(s3, run_prefix)
     for epoch in ("epoch_0001", "epoch_0002"):
         assert {f"{epoch}/{f}" for f in ("state.pt", "model.pt", "history.json")} <= set(ray_keys)
+    assert "epoch_0002/report.json" in ray_keys  # the last epoch's evaluation, read back by the driver from S3
     assert "vlrepro_run.json" in ray_keys
     assert object_keys(s3, "runs/models/toy-s3/") == ["job.json", "model.pt"]
     assert out["model_dir"] == f"{ROOT}/models/toy-s3"

@@ -1,0 +1,109 @@
+"""`stages.train_together`: a DAG's independent training jobs, `parallel_jobs` at a time, results in job order."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from flows import stages
+
+
+class FakeFuture:
+    """What `train_together` uses of a Prefect future: `wrapped_future` and `result()`."""
+
+    def __init__(self, wrapped: concurrent.futures.Future[Any]) -> None:
+        self.wrapped_future = wrapped
+
+    def result(self) -> Any:
+        return self.wrapped_future.result()
+
+
+class FakeTask:
+    """A stand-in for the `train` task: `.submit` runs in a thread pool, plain calls run inline; records overlap."""
+
+    def __init__(self, seconds: dict[str, float], fail: str | None = None) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+        self.seconds, self.fail = seconds, fail
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
+        self.submitted: list[dict[str, Any]] = []
+
+    def _run(self, job: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(self.seconds[job["run_name"]])
+            if job["run_name"] == self.fail:
+                raise RuntimeError(f"job {job['run_name']} failed")
+            return {"run_name": job["run_name"], "cpus": job.get("cpus_per_worker")}
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
+        self.submitted.append(job)
+        return self._run(job)
+
+    def submit(self, job: dict[str, Any]) -> FakeFuture:
+        self.submitted.append(job)
+        return FakeFuture(self.pool.submit(self._run, job))
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch):
+    def use(cpus: str, parallel: str) -> None:
+        monkeypatch.setenv("VLREPRO_CPUS_PER_WORKER", cpus)
+        monkeypatch.setenv("VLREPRO_PARALLEL_JOBS", parallel)
+        from infra.settings import get_settings
+
+        get_settings(reload=True)
+
+    yield use
+    monkeypatch.delenv("VLREPRO_CPUS_PER_WORKER")
+    monkeypatch.delenv("VLREPRO_PARALLEL_JOBS")
+    from infra.settings import get_settings
+
+    get_settings(reload=True)
+
+
+def test_jobs_run_two_at_a_time_on_half_the_cpus_and_come_back_in_order(settings):
+    settings("2", "2")
+    # the first job is the slowest: results must still come back in job order, and the window must refill as soon
+    # as any job finishes (5 jobs: 0.4 | 0.1, 0.1, 0.1, 0.1 → about 0.4 s, where waves of two would take 0.6 s)
+    seconds = {"a": 0.4, "b": 0.1, "c": 0.1, "d": 0.1, "e": 0.1}
+    task = FakeTask(seconds)
+    jobs = [{"run_name": name} for name in seconds]
+    t0 = time.monotonic()
+    out = stages.train_together(task, jobs)
+    elapsed = time.monotonic() - t0
+    assert [r["run_name"] for r in out] == list(seconds)
+    assert task.peak == 2
+    assert {r["cpus"] for r in out} == {1.0}
+    assert elapsed < 0.55
+    assert jobs == [{"run_name": name} for name in seconds]  # the caller's dicts are not modified
+
+
+def test_one_job_at_a_time_is_a_plain_call_with_the_job_unchanged(settings):
+    settings("2", "1")
+    task = FakeTask({"a": 0.0, "b": 0.0})
+    out = stages.train_together(task, [{"run_name": "a"}, {"run_name": "b"}])
+    assert task.peak == 1 and [r["cpus"] for r in out] == [None, None]  # the settings' CPUs apply unchanged
+    assert task.submitted == [{"run_name": "a"}, {"run_name": "b"}]
+
+
+def test_a_failing_job_raises_its_error(settings):
+    settings("2", "2")
+    task = FakeTask({"a": 0.05, "b": 0.0, "c": 0.0}, fail="b")
+    with pytest.raises(RuntimeError, match="job b failed"):
+        stages.train_together(task, [{"run_name": n} for n in "abc"])
+
+
+def test_every_clip4clip_variant_has_a_submission_slot():
+    from flows.reproduce_clip4clip import SUBMIT_ORDER, VARIANTS
+
+    assert sorted(SUBMIT_ORDER) == sorted(VARIANTS)
