@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -400,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every failure into one line (and `{"error"}` with --json)."""
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) ends the command like Ctrl-C: Python's default would exit without cleanup, leaving the
+        # temporary Prefect server and the local Ray processes this run started behind as orphans.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         rc = app(args=args, prog_name="vlrepro", standalone_mode=False)
         return rc if isinstance(rc, int) else 0  # click returns Exit codes instead of raising here
@@ -429,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         raise
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fail(message: str, wants_json: bool) -> None:

@@ -103,3 +103,49 @@ def test_ingest_without_prefect_reports_and_gates_on_failure_ratio(tmp_path):
     assert "failure ratio" in res.stderr
     res = run([*base, "--max-failure-ratio", "0.5"])
     assert res.returncode == 0 and json.loads(res.stdout.strip().splitlines()[-1])["shards_written"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_no_process(tmp_path):
+    """`kill` on a running `reproduce` must not orphan the temporary Prefect server it started (Python's default
+    SIGTERM exits without cleanup; seen on the dev machine: a killed demo's uvicorn kept running for 40 minutes)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
+    proc = subprocess.Popen(
+        [*VLREPRO, "reproduce", "clip4clip", "--size", "tiny", "--root", str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def cmd(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    parent = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and proc.poll() is None:
+        for child in parent.children(recursive=True):
+            seen.setdefault(child.pid, child)
+        if any("prefect.server" in cmd(c) for c in seen.values()):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    assert any("prefect.server" in cmd(c) for c in seen.values()), "no temporary Prefect server seen"
+    time.sleep(2)
+    for child in parent.children(recursive=True):
+        seen.setdefault(child.pid, child)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=20)
+    assert not alive, [cmd(p)[:120] for p in alive]
