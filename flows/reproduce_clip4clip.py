@@ -105,7 +105,11 @@ def reproduce_clip4clip(
     t = stages.cached(root)
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
-    # the mini CLIP trains on the world's still frames, not on the ingested clips: both stages run at once
+    # the mini CLIP trains on the world's still frames, not on the ingested clips: both stages run at once. Ray is
+    # started here, in the main thread: started from a task thread, its node agents outlive the process.
+    from infra.ray_train import connect
+
+    connect()
     clip_future = t["pretrain_mini_clip"].submit(root, key, world["image_text"], clip_overrides or {})
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
     clip = clip_future.result()
