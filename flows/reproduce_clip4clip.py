@@ -38,12 +38,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "train.eval_every_epochs": 2,
     },
     "meanP-1frame": {"model.head": "meanP", "model.max_frames": 1},
+    "seqTransf-1frame": {"model.head": "seqTransf", "model.max_frames": 1},
 }
 
 #: the order jobs are handed to `stages.train_together` when heads train side by side: with two at a time and the
 #: measured costs (one thread each: seqTransf ≈ tightTransf > seqLSTM > 1-frame ≈ meanP) this pairs the two longest
 #: on different workers and ends with the shortest; results are reported in `VARIANTS` order regardless
-SUBMIT_ORDER = ("seqLSTM", "seqTransf", "meanP-1frame", "tightTransf", "meanP")
+SUBMIT_ORDER = ("seqLSTM", "seqTransf", "meanP-1frame", "tightTransf", "seqTransf-1frame", "meanP")
 
 
 def order_subsets(annotations: str | Path) -> dict[str, list[str]]:

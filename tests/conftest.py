@@ -15,3 +15,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["PREFECT_HOME"] = os.environ.get("VLREPRO_TEST_PREFECT_HOME", _TMP_HOME)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# Ray Train's controller polls its workers every 2 s by default; each epoch's checkpoint commit and each run's end wait
+# for a poll, so the suite's many short tiny-config epochs spent most of their wall time waiting on it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
