@@ -41,8 +41,8 @@ pytest: install
 
 test: lint typecheck pytest
 
-# The mini CLIP4Clip reproduction: data → ingest → mini CLIP → features → 4 heads + 1-frame meanP → evaluate → registry.
-# The lone mini-CLIP job gets every core (torch threads); the five heads then train two at a time, sharing the cores
+# The mini CLIP4Clip reproduction: data → ingest → mini CLIP → features → 4 heads + 1-frame meanP and seqTransf → evaluate → registry.
+# The lone mini-CLIP job gets every core (torch threads); the six heads then train two at a time, sharing the cores
 # (measured on 2 cores: two one-thread jobs side by side do ~1.6× the work of one two-thread job). A rerun reuses
 # every finished stage.
 DEMO_CPUS ?= $(shell nproc 2>/dev/null || echo 1)

@@ -1,8 +1,9 @@
 """`reproduce-clip4clip`: data → ingest → mini CLIP → frame features → train each head → evaluate → register.
 
-Heads (CLIP4Clip §3.2): meanP, seqLSTM, seqTransf, tightTransf, plus meanP on 1 frame (the paper's "one frame is not
-enough" finding). Evaluation reports the whole test set and the mini world's **order-dependent subset** (reversal
-twins whose frame multisets are identical, so order-blind pooling provably cannot separate them).
+Heads (CLIP4Clip §3.2): meanP, seqLSTM, seqTransf, tightTransf, plus meanP and seqTransf on 1 frame (the
+paper's "one frame is not enough" finding, for a pooling head and for one that can use the order of the frames).
+Evaluation reports the whole test set and the mini world's **order-dependent subset** (reversal twins whose frame
+multisets are identical, so order-blind pooling provably cannot separate them).
 """
 
 from __future__ import annotations
