@@ -231,11 +231,20 @@ def reproduce_cmd(
         ),
     ] = None,
     ablations: Annotated[bool, typer.Option(help="Also run the paper's ablation table.")] = False,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="Train only these variants (repeatable; CLIP4Clip's heads, e.g. --variant tightTransf); the "
+            "variants they start from are added. Default: the paper's default set.",
+        ),
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override every training config: key=value.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a paper's whole DAG; finished stages are reused on rerun."""
     import importlib
+    import inspect
 
     from models.config import parse_overrides
 
@@ -268,13 +277,19 @@ def reproduce_cmd(
     if set_:
         kwargs["overrides"] = parse_overrides(set_)
     if ablations:
-        import inspect
-
         if "ablations" not in inspect.signature(flow_fn.fn).parameters:
             raise typer.BadParameter(
                 f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
             )
         kwargs["ablations"] = True
+    if variant:
+        if "variants" not in inspect.signature(flow_fn.fn).parameters:
+            raise typer.BadParameter(f"{paper} has no variants to choose from", param_hint="--variant")
+        known = list(getattr(importlib.import_module(module), "VARIANTS", {}))
+        unknown = [v for v in variant if v not in known]
+        if unknown:
+            raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(known)}", param_hint="--variant")
+        kwargs["variants"] = list(variant)
     result = flow_fn(**kwargs)
     emit(result, as_json, _format_reproduce)
 

@@ -95,32 +95,50 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_together(train_task: Any, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Independent training jobs, `parallel_jobs` at a time (settings), each with its share of the CPUs; results in
-    the order of `jobs`. With ``parallel_jobs`` 1 (the default) they run one after the other, as plain task calls.
+    """Training jobs, `parallel_jobs` at a time (settings), each with its share of the CPUs; results in the order of
+    `jobs`. With ``parallel_jobs`` 1 (the default) they run one after the other, as plain task calls.
+
+    A job may name, under ``"after"``, the run names of jobs in the list that must finish first (a model it starts
+    from); the key is taken out before the job reaches `train_task`. A job is started only when those have finished,
+    so with one at a time they must come earlier in `jobs`.
 
     A window rather than handing every job to Ray at once: a Ray Train job waiting for CPUs times out its worker-group
     start (60 s) and retries, which is noise and counts against nothing we can read back. The first failure raises.
+
+    Raises:
+        ValueError: an ``"after"`` name that is not an earlier job's run name.
     """
     from infra.settings import get_settings
 
+    names = [job["run_name"] for job in jobs]
+    needs = [list(job.get("after", ())) for job in jobs]
+    for i, need in enumerate(needs):
+        bad = [n for n in need if n not in names[:i]]
+        if bad:
+            raise ValueError(f"job {names[i]} must run after {bad}, which are not earlier jobs of this list")
+    plain = [{k: v for k, v in job.items() if k != "after"} for job in jobs]
     settings = get_settings()
     window = min(settings.parallel_jobs, len(jobs))
     if window <= 1:
-        return [train_task(job) for job in jobs]
+        return [train_task(job) for job in plain]
     cpus = settings.job_cpus(len(jobs))
     logging.getLogger(__name__).info("training %d jobs, %d at a time, %g CPUs each", len(jobs), window, cpus)
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    pending = [(i, {"cpus_per_worker": cpus, **job}) for i, job in enumerate(jobs)]
+    finished: set[str] = set()
+    pending = [(i, {"cpus_per_worker": cpus, **job}) for i, job in enumerate(plain)]
     running: dict[concurrent.futures.Future[Any], tuple[int, Any]] = {}
     while pending or running:
-        while pending and len(running) < window:
-            i, job = pending.pop(0)
+        ready = [p for p in pending if finished.issuperset(needs[p[0]])]
+        while ready and len(running) < window:
+            i, job = ready.pop(0)
+            pending.remove((i, job))
             future = train_task.submit(job)
             running[future.wrapped_future] = (i, future)
         done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
         for wrapped in done:
             i, future = running.pop(wrapped)
             results[i] = future.result()  # raises the job's error
+            finished.add(names[i])
     return [r for r in results if r is not None]
 
 

@@ -46,6 +46,12 @@ class Clip4ClipConfig:
     max_words: int = 32
     # Freeze the whole CLIP text tower (project option for cheap frozen-CLIP baselines; paper: everything trains).
     freeze_text: bool = False
+    # A CLIP4Clip ``model.pt`` whose CLIP text tower (keys ``clip.model.*`` outside the visual tower and the logit
+    # scale) replaces the backbone's after its weights load and before the head is built, so `temporal_init` copies
+    # the replaced blocks. Project option (not in the paper): on the mini world the mini CLIP has never read a motion
+    # word, and the tight head's only path to teach them is through its cross encoder; starting from a text tower a
+    # loose head has already adapted plays the part real CLIP's web-scale text pre-training plays in the paper.
+    text_init: str | None = None
     # Official-code gotcha (paper-code-notes §1.4, main_task_retrieval.py with `--freeze_layer_num 0`): conv1,
     # class_embedding, both positional embeddings, ln_pre and token_embedding get requires_grad=False in 2D mode.
     # The code *means* the same in 3D mode (its Conv3d stem trains) but a `name.find("conv2.")` truthiness bug freezes

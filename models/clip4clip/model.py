@@ -26,6 +26,7 @@ CLS features (`input="features"`); ``"video_mask"`` bool (B, T), True = real fra
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from models.clip4clip.heads import HEADS, SimilarityHead
 from models.clip4clip.patch_embed import PatchEmbed2d, PatchEmbed3d
 from models.common.clip import ClipBackbone, build_clip
 from models.common.losses import symmetric_infonce
+from models.config import ConfigError
 
 Batch = Mapping[str, Any]
 
@@ -206,7 +208,39 @@ def build(cfg: Clip4ClipConfig) -> Clip4Clip:
             embed dim differs from the text width).
     """
     clip = build_clip(cfg.clip_config)
+    if cfg.text_init:
+        load_text_tower(clip, cfg.text_init)
     embed_dim = clip.embed_dim
     patch_embed = PATCH_STEMS[cfg.patch](clip) if cfg.input == "pixels" else None
     head = HEADS[cfg.head].from_config(cfg, clip, embed_dim)
     return Clip4Clip(cfg, clip, head, patch_embed)
+
+
+def load_text_tower(clip: ClipBackbone, path: str) -> None:
+    """Replace `clip`'s text tower with the one in a CLIP4Clip state dict at `path` (`Clip4ClipConfig.text_init`).
+
+    Raises:
+        ConfigError: the file is missing or not a state dict, or it lacks a text parameter of `clip` or holds one of
+            another shape (a checkpoint of another CLIP architecture).
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"text_init={path!r}: no such file (the model.pt of a finished CLIP4Clip job)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ConfigError(f"text_init={path!r} is not a state dict")
+    own = {
+        name: tensor
+        for name, tensor in clip.model.state_dict().items()
+        if not name.startswith(_NON_TEXT_PREFIXES) and name != "attn_mask"
+    }
+    theirs = {name: state.get(f"clip.model.{name}") for name in own}
+    missing = sorted(name for name, tensor in theirs.items() if tensor is None)
+    wrong = sorted(n for n, t in theirs.items() if t is not None and tuple(t.shape) != tuple(own[n].shape))
+    if missing or wrong:
+        raise ConfigError(
+            f"text_init={path!r} does not hold this CLIP's text tower ({clip.arch}): "
+            f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, other shapes {wrong[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(theirs[name])

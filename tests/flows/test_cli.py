@@ -62,6 +62,8 @@ def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
         (["data", "make", "mini-nothing", "--out", "/tmp/x"], "unknown dataset"),
         (["reproduce", "clip4clip", "--cpus-per-worker", "0"], "positive number of CPUs"),
         (["reproduce", "clip4clip", "--parallel-jobs", "0"], "at least 1"),
+        (["reproduce", "clip4clip", "--variant", "tightTransf", "--variant", "bigTransf"], "unknown ['bigTransf']"),
+        (["reproduce", "stan", "--variant", "stan"], "has no variants"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, needle):

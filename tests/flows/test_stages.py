@@ -31,11 +31,14 @@ class FakeTask:
         self.lock = threading.Lock()
         self.running = self.peak = 0
         self.submitted: list[dict[str, Any]] = []
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
 
     def _run(self, job: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
+            self.started[job["run_name"]] = time.monotonic()
         try:
             time.sleep(self.seconds[job["run_name"]])
             if job["run_name"] == self.fail:
@@ -44,6 +47,7 @@ class FakeTask:
         finally:
             with self.lock:
                 self.running -= 1
+                self.ended[job["run_name"]] = time.monotonic()
 
     def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
         self.submitted.append(job)
@@ -103,7 +107,50 @@ def test_a_failing_job_raises_its_error(settings):
         stages.train_together(task, [{"run_name": n} for n in "abc"])
 
 
+def test_a_job_starts_only_after_the_jobs_it_names_and_does_not_block_the_others(settings):
+    settings("2", "2")
+    # a is slow and c needs it; b and d are free: when b ends, d (not c) takes the free slot, c waits for a
+    task = FakeTask({"a": 0.3, "b": 0.05, "c": 0.05, "d": 0.05})
+    jobs = [{"run_name": "a"}, {"run_name": "b"}, {"run_name": "c", "after": ["a"]}, {"run_name": "d"}]
+    out = stages.train_together(task, jobs)
+    assert [r["run_name"] for r in out] == ["a", "b", "c", "d"]
+    assert task.started["c"] >= task.ended["a"]
+    assert task.started["d"] < task.ended["a"]  # the waiting job did not hold the window
+    assert all("after" not in job for job in task.submitted)  # the train task never sees the key
+    assert jobs[2]["after"] == ["a"]  # nor is the caller's dict modified
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_job_naming_a_later_or_unknown_job_is_refused_before_anything_runs(settings, parallel):
+    settings("2", parallel)
+    task = FakeTask({"a": 0.0, "b": 0.0})
+    for after in (["b"], ["zzz"]):  # b comes later (with one at a time it would run first), zzz is not a job
+        with pytest.raises(ValueError, match="must run after"):
+            stages.train_together(task, [{"run_name": "a", "after": after}, {"run_name": "b"}])
+    assert task.submitted == []
+
+
+def test_one_at_a_time_drops_the_after_key_and_keeps_the_order(settings):
+    settings("2", "1")
+    task = FakeTask({"a": 0.0, "b": 0.0})
+    stages.train_together(task, [{"run_name": "a"}, {"run_name": "b", "after": ["a"]}])
+    assert task.submitted == [{"run_name": "a"}, {"run_name": "b"}]
+
+
 def test_every_clip4clip_variant_has_a_submission_slot():
     from flows.reproduce_clip4clip import SUBMIT_ORDER, VARIANTS
 
     assert sorted(SUBMIT_ORDER) == sorted(VARIANTS)
+
+
+def test_clip4clip_prerequisites_are_added_and_submitted_first():
+    from flows.reproduce_clip4clip import DEFAULT_VARIANTS, NEEDS, SUBMIT_ORDER, VARIANTS, with_prerequisites
+
+    assert with_prerequisites(["tightTransf-seqText"]) == ["seqTransf", "tightTransf-seqText"]
+    assert with_prerequisites(["meanP", "tightTransf"]) == ["meanP", "tightTransf"]
+    assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and with_prerequisites(list(DEFAULT_VARIANTS)) == list(
+        DEFAULT_VARIANTS
+    )
+    for variant, (base, key) in NEEDS.items():
+        assert SUBMIT_ORDER.index(base) < SUBMIT_ORDER.index(variant)
+        assert key.startswith("model.")

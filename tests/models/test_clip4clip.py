@@ -242,6 +242,50 @@ def test_seqTransf_and_tightTransf_start_from_clip_text_blocks(square_arch: str)
         assert torch.equal(transformer.positional_embedding.detach(), model.clip.text_positional_embedding[:rows])
 
 
+def test_text_init_takes_the_text_tower_of_a_saved_model_before_the_head_copies_it(
+    square_arch: str, tmp_path: Path
+) -> None:
+    def cfg(head: str, **kw: Any) -> Clip4ClipConfig:
+        return Clip4ClipConfig(
+            clip=ClipConfig(arch=square_arch, pretrained=None), head=head, max_words=16, input="features", **kw
+        )
+
+    torch.manual_seed(0)
+    donor = build(cfg("seqTransf"))
+    with torch.no_grad():
+        for p in donor.clip.model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # a "trained" text tower, unlike any fresh init
+    path = tmp_path / "model.pt"
+    torch.save(donor.state_dict(), path)
+
+    torch.manual_seed(1)
+    fresh = build(cfg("tightTransf"))
+    torch.manual_seed(1)
+    model = build(cfg("tightTransf", text_init=str(path), freeze_text=True))
+    donor_text = donor.clip.model.state_dict()
+    changed = 0
+    for name, value in model.clip.model.state_dict().items():
+        if name.startswith(("visual.", "logit_scale")):
+            assert torch.equal(value, fresh.clip.model.state_dict()[name]), name  # only the text tower is taken
+        else:
+            assert torch.equal(value, donor_text[name]), name
+            changed += not torch.equal(value, fresh.clip.model.state_dict()[name])
+    assert changed >= 10
+    # the cross encoder's "initialization trick" copies the loaded blocks, not the backbone's own
+    for i, block in enumerate(model.head.cross.blocks):
+        for key, value in donor.clip.text_blocks[i].state_dict().items():
+            assert torch.equal(block.state_dict()[key], value), (i, key)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)  # freeze_text: only the head trains
+
+    with pytest.raises(ConfigError, match="no such file"):
+        build(cfg("tightTransf", text_init=str(tmp_path / "missing.pt")))
+    other = make("meanP")  # vlrepro-tiny: another text tower shape
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="does not hold this CLIP's text tower"):
+        build(cfg("tightTransf", text_init=str(tmp_path / "other.pt")))
+
+
 def test_tight_pair_scores_have_pair_shape_and_do_not_depend_on_chunking() -> None:
     model = make("tightTransf").eval()
     head = model.head
