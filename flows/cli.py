@@ -296,7 +296,9 @@ def reproduce_cmd(
 
 def _format_reproduce(r: dict[str, Any]) -> str:
     lines = [f"{r.get('paper')} on {r.get('dataset')} ({r.get('seconds')} s)"]
-    for name, head in (r.get("heads") or {}).items():
+    heads = r.get("heads") or {}
+    width = max((len(name) for name in heads), default=0)
+    for name, head in heads.items():
         parts = []
         for block in ("overall", "order"):
             if block in head:
@@ -304,7 +306,7 @@ def _format_reproduce(r: dict[str, Any]) -> str:
                     f"{block}: t2v R@1 {head[block]['t2v']['R@1']:.1f} v2t R@1 {head[block]['v2t']['R@1']:.1f}"
                 )
         lines.append(
-            f"  {name:14s} " + " | ".join(parts) + f"  (run {head.get('run_id')}, v{head.get('model_version')})"
+            f"  {name:{width}s} " + " | ".join(parts) + f"  (run {head.get('run_id')}, v{head.get('model_version')})"
         )
     return "\n".join(lines)
 
