@@ -37,8 +37,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tightTransf": {**_TIGHT, "train.eval_every_epochs": 2},
     # the same cross encoder over the text tower seqTransf adapted to video captions, frozen (`NEEDS`): the mini CLIP
     # never read a motion word, and the plain head cannot teach them to its text tower through the cross encoder (at
-    # 208 steps a seqTransf at batch 16 cannot either: 13.7 % t2v R@1; the tight head does not at 624). In the paper
-    # real CLIP's text pre-training plays this part. Trainable (lr × 0.25) it first unlearns: 14.4 % after 208 steps.
+    # 216 steps a seqTransf at batch 16 cannot either: 13.7 % t2v R@1; the tight head does not at 648). In the paper
+    # real CLIP's text pre-training plays this part. Trainable (lr × 0.25) it first unlearns: 14.4 % after 216 steps.
     "tightTransf-seqText": {**_TIGHT, "train.eval_every_epochs": 2, "model.freeze_text": True},
     "meanP-1frame": {"model.head": "meanP", "model.max_frames": 1},
     "seqTransf-1frame": {"model.head": "seqTransf", "model.max_frames": 1},
