@@ -1,10 +1,11 @@
 # vlrepro — one-command setup. `make demo` and `make test` create .venv and install the locked stack first.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ROOT ?= runs
+SIZE ?= small
 
 # Offline, no telemetry; tests also get a throw-away PREFECT_HOME (tests/conftest.py).
 export HF_HUB_OFFLINE := 1
@@ -48,7 +49,7 @@ test: lint typecheck pytest
 DEMO_CPUS ?= $(shell nproc 2>/dev/null || echo 1)
 DEMO_PARALLEL ?= 2
 demo: install
-	time $(BIN)/vlrepro reproduce clip4clip --dataset mini-retrieval --size small --root $(RUN_ROOT) \
+	time $(BIN)/vlrepro reproduce clip4clip --dataset mini-retrieval --size $(SIZE) --root $(RUN_ROOT) \
 		--cpus-per-worker $(DEMO_CPUS) --parallel-jobs $(DEMO_PARALLEL)
 
 clean:

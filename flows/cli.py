@@ -158,6 +158,7 @@ def ingest_cmd(
 ) -> None:
     """Decode videos into WebDataset shards with one manifest row per input."""
     from pipelines import ingest as ing
+    from pipelines import storage
     from pipelines.decode import DecodeConfig
     from pipelines.shards import MODES
 
@@ -169,6 +170,7 @@ def ingest_cmd(
     if not src.exists():
         raise typer.BadParameter(f"{source} does not exist", param_hint="--source")
     name = dataset or ing.make_key(src.stem if src.is_file() else src.resolve().name)
+    source, out = str(src.resolve()), storage.resolve_root(out)  # the edge: no relative path travels further
     crop_px = size if crop is None else crop
     try:
         DecodeConfig(fps=fps, short_side=size, crop=crop_px)
@@ -247,6 +249,7 @@ def reproduce_cmd(
     import inspect
 
     from models.config import parse_overrides
+    from pipelines import storage
 
     if paper not in PAPERS:
         raise typer.BadParameter(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}", param_hint="PAPER")
@@ -269,7 +272,7 @@ def reproduce_cmd(
     flow_fn = getattr(importlib.import_module(module), attr)
     kwargs: dict[str, Any] = {
         "dataset": dataset or default_dataset,
-        "root": root,
+        "root": storage.resolve_root(root),  # the edge: tasks, Ray workers and records only see absolute paths
         "size": size,
         "seed": seed,
         "num_workers": workers,

@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows import stages
-from flows.runtime import cache_policy, is_transient, result_storage
+from flows.runtime import cached_task, is_transient
 from models.config import config_hash, load
 from pipelines import storage
 from pipelines.recipes import RECIPES
@@ -89,6 +89,7 @@ def features_flow(
     from models.config import build
     from pipelines.features.clip_frames import ClipFeatureConfig
 
+    root = storage.resolve_root(root)
     cfg = load(ClipFeatureConfig, config, overrides or None, base=build(ClipFeatureConfig, {"clip": {}}))
     clip = {"arch": cfg.clip.arch, "pretrained": cfg.clip.pretrained}
     if build(ClipFeatureConfig, {"clip": clip, "output": cfg.output, "last_blocks": cfg.last_blocks}) != cfg:
@@ -133,6 +134,7 @@ def train_flow(
     The same resolved config on the same root is the same job: a finished one returns its record, an interrupted one
     resumes from its last Ray checkpoint and keeps its MLflow run (`infra.training_job`).
     """
+    root = storage.resolve_root(root)
     cfg = recipe_config(recipe, config, overrides)
     name = run_name or f"{recipe}-{config_hash(cfg)}"  # `vlrepro train run`'s default: the same config, one job
     job = {
@@ -227,9 +229,8 @@ def evaluate_flow(
     from infra.registry import Registry
     from infra.tracking import Tracker
 
+    root = storage.resolve_root(root)
     version = Registry(Tracker.for_run_root(root)).resolve(model)
-    task_ = evaluate_model.with_options(
-        cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root)
-    )
+    task_ = cached_task(evaluate_model, root)
     result: dict[str, Any] = task_(root, version.name, int(version.version), config, overrides or {})
     return result

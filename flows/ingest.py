@@ -8,10 +8,10 @@ from typing import Any
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 
-from flows.runtime import cache_policy, is_transient, result_storage
+from flows.runtime import cached_task, is_transient
 from models.config import build
 from pipelines import ingest as ing
-from pipelines import shards
+from pipelines import shards, storage
 from pipelines.decode import DecodeConfig
 
 
@@ -36,17 +36,15 @@ def ingest_flow(
 ) -> dict[str, Any]:
     """Ingest `source` (folder or CSV of videos) into `<root>/<dataset>/frames/<config-hash>/` shards."""
     start = time.monotonic()
+    root = storage.resolve_root(root)
+    if storage.is_local(source):
+        source = str(storage.local_path(source).resolve())
     cfg = ing.IngestConfig(
         decode=DecodeConfig(fps=fps, short_side=size, crop=crop, timeout_s=timeout_s),
         samples_per_shard=samples_per_shard,
     )
     uri, jobs = ing.plan_ingest(ing.read_sources(source), root, dataset, cfg, mode)
-    task_ = ingest_shard_task.with_options(
-        cache_policy=cache_policy(root),
-        persist_result=True,
-        result_storage=result_storage(root),
-        refresh_cache=mode != "incremental",
-    )
+    task_ = cached_task(ingest_shard_task, root).with_options(refresh_cache=mode != "incremental")
     cfg_dict = {"decode": vars(cfg.decode), "samples_per_shard": cfg.samples_per_shard}
     summaries = [
         f.result() for f in task_.map([j.to_dict() for j in jobs], unmapped(cfg_dict), unmapped(ing.code_version()))

@@ -69,6 +69,15 @@ SUBMIT_ORDER = (
 )
 
 
+#: documented overrides per world size, applied after the head's own (`VARIANTS`): tiny (96 training clips) only
+#: proves the DAG end to end — one pass of one epoch at batch 16 (6 steps) for every head
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"train.batch_size": 16, "train.epochs": 1, "data.repeats_per_epoch": 1, "train.eval_every_epochs": 1},
+    "small": {},
+    "medium": {},
+}
+
+
 def with_prerequisites(variants: list[str]) -> list[str]:
     """`variants` plus the variants they need (`NEEDS`), in `VARIANTS` order."""
     wanted = set(variants)
@@ -91,7 +100,12 @@ def order_subsets(annotations: str | Path) -> dict[str, list[str]]:
 
 
 def head_config(
-    features_uri: str, clip: dict[str, Any], subsets: dict[str, list[str]], variant: str, overrides: dict[str, Any]
+    features_uri: str,
+    clip: dict[str, Any],
+    subsets: dict[str, list[str]],
+    variant: str,
+    overrides: dict[str, Any],
+    size: str = "small",
 ) -> dict[str, Any]:
     cfg = load(Clip4ClipRecipeConfig, CONFIG_DIR / "mini-retrieval.yaml")
     cfg = merge(
@@ -103,7 +117,7 @@ def head_config(
             "data.subsets": subsets,
         },
     )
-    return to_dict(merge(merge(cfg, VARIANTS[variant]), overrides))
+    return to_dict(merge(merge(merge(cfg, VARIANTS[variant]), SIZES[size]), overrides))
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +143,13 @@ def reproduce_clip4clip(
     num_workers: int = 1,
 ) -> dict[str, Any]:
     start = time.monotonic()
+    root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
         raise ValueError(
             f"the CLIP4Clip DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train"
         )
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
     unknown = sorted(set(variants or ()) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
@@ -145,7 +162,9 @@ def reproduce_clip4clip(
     from infra.ray_train import connect
 
     connect()
-    clip_future = t["pretrain_mini_clip"].submit(root, key, world["image_text"], clip_overrides or {})
+    clip_future = t["pretrain_mini_clip"].submit(
+        root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides)
+    )
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
     clip = clip_future.result()
     feats = t["extract_clip_features"](frames["stage_uri"], root, key, clip["clip_arch"], clip["clip_checkpoint"])
@@ -158,7 +177,7 @@ def reproduce_clip4clip(
             base, config_key = NEEDS[variant]
             fixed[config_key] = storage.join(root, "models", run_names[base], "model.pt")
             after.append(run_names[base])
-        config = head_config(feats["stage_uri"], clip, subsets, variant, fixed)
+        config = head_config(feats["stage_uri"], clip, subsets, variant, fixed, size)
         run_name = f"clip4clip-{variant}-{key}-{_digest(config)}"
         run_names[variant] = run_name
         job = {

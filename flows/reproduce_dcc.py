@@ -68,7 +68,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows import stages
 from flows.ingest import ingest_flow
-from flows.runtime import cache_policy, is_transient, result_storage
+from flows.runtime import cached_task, is_transient
 from models.config import build, config_hash, load, merge, to_dict
 from models.dcc import VARIANT_EVAL_BRANCH, DCCConfig, stage_schedule
 from pipelines import shards, storage
@@ -85,7 +85,8 @@ MAIN_VARIANT = "full"
 #: ablation rows in the order of the paper's table
 ABLATIONS: tuple[str, ...] = ("cbp_only", "vlp_only", "only_f", "only_b", "full")
 
-#: documented overrides per world size: {"dcc" | "miniclip" | "i3d" | "tvl1": {dotted key: value}}
+#: documented overrides per world size: {"dcc" | "i3d" | "tvl1": {dotted key: value}}; the mini CLIP's are
+#: `stages.MINI_CLIP_SIZES`, shared by every DAG
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # 3 training videos, 2 test: only proves the DAG end to end — one round (warm-up, B, F), one-epoch steps, the
     # mini CLIP a handful of steps, TV-L1 at 16 px with a 2-level pyramid and few iterations (~10× cheaper).
@@ -98,7 +99,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "model.cbp.width": 32,
             "model.cbp.heads": 2,
         },
-        "miniclip": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
         "i3d": {},
         "tvl1": {"flow_size": 16, "nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5},
     },
@@ -110,7 +110,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "model.stages.warmup_epochs": 12,
             "model.stages.step_epochs": 2,
         },
-        "miniclip": {},
         "i3d": {},
         "tvl1": {},
     },
@@ -121,7 +120,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "model.stages.warmup_epochs": 10,
             "model.stages.step_epochs": 2,
         },
-        "miniclip": {},
         "i3d": {},
         "tvl1": {},
     },
@@ -291,7 +289,7 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _cached(fn: Any, root: str) -> Any:
-    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
+    return cached_task(fn, root)
 
 
 # ----- configs -----------------------------------------------------------------------------------------------------
@@ -415,6 +413,7 @@ def reproduce_dcc(
     flow_workers: int = 2,
 ) -> dict[str, Any]:
     start = time.monotonic()
+    root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-wtal":
         raise ValueError(
             f"the DCC DAG runs on mini-wtal here (got {dataset!r}); real datasets: ingest at 25 fps (or "
@@ -444,7 +443,7 @@ def reproduce_dcc(
     flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
     i3d_future = _cached(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
     # branch 2 (this thread): mini CLIP → CLIP frame features
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], {**SIZES[size]["miniclip"], **user["miniclip"]})
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
     clip_feats = t["extract_clip_features"](frames_uri, root, key, clip["clip_arch"], clip["clip_checkpoint"])
     flow_stage = flow_future.result()
     i3d = i3d_future.result()

@@ -46,7 +46,7 @@ from prefect import flow, task
 
 from flows import stages
 from flows.ingest import ingest_flow
-from flows.runtime import cache_policy, is_transient, result_storage
+from flows.runtime import cached_task, is_transient
 from models.config import build, config_hash, merge, to_dict
 from pipelines import storage
 from pipelines.recipes.grounding import GroundingRecipeConfig
@@ -57,25 +57,23 @@ PAPER = "locvtp"
 PRETRAIN_METRIC = "t2v/R@1"
 GROUNDING_METRIC = "R@1,IoU@0.5"
 
-#: documented overrides of the mini YAML per world size: {"pretrain" | "grounding" | "miniclip": {dotted key: value}}
+#: documented overrides of the mini YAML per world size: {"pretrain" | "grounding": {dotted key: value}}; the mini
+#: CLIP's are `stages.MINI_CLIP_SIZES`, shared by every DAG
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # 4 training videos: batch 4 (1 step per pass), 2 passes; the head sees 8 clips; the mini CLIP 6 steps
     "tiny": {
         "pretrain": {"train.epochs": 1, "train.batch_size": 4, "data.repeats_per_epoch": 2},
         "grounding": {"train.epochs": 2, "train.batch_size": 8, "model.num_clips": 8, "model.map_layers": 2},
-        "miniclip": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
     },
     # 96 training videos = 6 steps per pass at batch 16: 4 passes per epoch × 5 epochs = 120 steps (~1.6 s CPU each)
     "small": {
         "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 4, "train.eval_every_epochs": 5},
         "grounding": {},
-        "miniclip": {},
     },
     # 192 training videos = 12 steps per pass: 2 passes × 5 epochs = 120 steps
     "medium": {
         "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 2, "train.eval_every_epochs": 5},
         "grounding": {},
-        "miniclip": {},
     },
 }
 
@@ -161,7 +159,7 @@ def log_summary(root: str, run_key: str, summary: dict[str, Any]) -> str:
 
 
 def _cached(fn: Any, root: str) -> Any:
-    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
+    return cached_task(fn, root)
 
 
 # ----- configs -----------------------------------------------------------------------------------------------------
@@ -271,6 +269,7 @@ def reproduce_locvtp(
     ablations: bool = False,
 ) -> dict[str, Any]:
     start = time.monotonic()
+    root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-grounding":
         raise ValueError(
             f"the LocVTP DAG runs on mini-grounding here (got {dataset!r}); real datasets: ingest + the recipes"
@@ -287,7 +286,7 @@ def reproduce_locvtp(
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], {**SIZES[size]["miniclip"], **user["miniclip"]})
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
     test_queries = world["extra_files"]["charades_sta_test"]
 
     def pretrain(name: str, variant: dict[str, Any], register: bool) -> dict[str, Any]:

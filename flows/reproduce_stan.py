@@ -32,8 +32,8 @@ exist; a fresh root adds the world, ingest, the mini CLIP (600 steps) and the bl
 - medium (3,456 training clips, 108 steps per epoch): 3 epochs = 324 steps, the same order of work as small;
 - tiny (96 training clips): one epoch at batch 16 = 6 steps per job, only to prove the DAG end to end.
 
-The mini CLIP uses `MINI_CLIP_SIZES` (tiny: 6 steps; small/medium: its full 600 steps) — the same settings as the
-CLIP4Clip test and the LocVTP DAG, so every paper on one root and dataset key shares one mini CLIP.
+The mini CLIP uses `stages.MINI_CLIP_SIZES` (tiny: 6 steps; small/medium: its full recipe), the one table every
+paper's DAG uses, so every paper on one root and dataset key shares one mini CLIP.
 """
 
 from __future__ import annotations
@@ -91,13 +91,6 @@ SIZES: dict[str, dict[str, Any]] = {
     "medium": {"train.epochs": 3, "train.eval_every_epochs": 3},
 }
 
-#: the mini CLIP's overrides per world size, shared by the retrieval DAGs (one mini CLIP per root and dataset key)
-MINI_CLIP_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
-    "small": {},
-    "medium": {},
-}
-
 
 def stan_config(
     clip: dict[str, Any],
@@ -149,8 +142,9 @@ def reproduce_stan(
     clip_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the STAN DAG (main variant; with `ablations` the whole table). `overrides` (the CLI's ``--set``) apply to
-    every STAN job; `clip_overrides` replace the mini CLIP's size defaults (`MINI_CLIP_SIZES`)."""
+    every STAN job; `clip_overrides` go on top of the mini CLIP's size defaults (`stages.MINI_CLIP_SIZES`)."""
     start = time.monotonic()
+    root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
         raise ValueError(f"the STAN DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train")
     if size not in SIZES:
@@ -159,9 +153,7 @@ def reproduce_stan(
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](
-        root, key, world["image_text"], MINI_CLIP_SIZES[size] if clip_overrides is None else clip_overrides
-    )
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides))
     subsets = order_subsets(world["annotations"])
     chosen = list(VARIANTS) if ablations else [MAIN]
     user = overrides or {}

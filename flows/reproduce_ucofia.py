@@ -48,7 +48,6 @@ from flows.ablations import Row, build_table, log_table, run_variants, variant_j
 from flows.ingest import ingest_flow
 from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
-from flows.reproduce_stan import MINI_CLIP_SIZES
 from models.config import load, merge, to_dict
 from pipelines import storage
 from pipelines.recipes.ucofia import UCoFiARecipeConfig
@@ -156,8 +155,9 @@ def reproduce_ucofia(
     clip_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the UCoFiA DAG (main variant; with `ablations` the whole table). `overrides` (the CLI's ``--set``) apply
-    to every UCoFiA job; `clip_overrides` replace the mini CLIP's size defaults (`MINI_CLIP_SIZES`)."""
+    to every UCoFiA job; `clip_overrides` go on top of the mini CLIP's size defaults (`stages.MINI_CLIP_SIZES`)."""
     start = time.monotonic()
+    root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
         raise ValueError(f"the UCoFiA DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train")
     if size not in SIZES:
@@ -166,9 +166,7 @@ def reproduce_ucofia(
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](
-        root, key, world["image_text"], MINI_CLIP_SIZES[size] if clip_overrides is None else clip_overrides
-    )
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides))
     feats = t["extract_clip_features"](
         frames["stage_uri"], root, key, clip["clip_arch"], clip["clip_checkpoint"], output="tokens"
     )

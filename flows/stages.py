@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect import task
 
-from flows.runtime import cache_policy, is_transient, result_storage
+from flows.runtime import cached_task, is_transient
 from models.common.clip import ClipConfig
 from models.config import config_hash, merge, to_dict
 from pipelines import storage
@@ -31,13 +31,26 @@ MINI_INGEST: dict[str, dict[str, Any]] = {
 }
 
 
+#: the mini CLIP per world size — the one table every paper's DAG uses (on top of `MiniClipConfig`'s defaults), so
+#: one run name (the config's hash) always means one model, whichever paper trained it first. Tiny: a handful of
+#: steps, only proves the DAG; small and medium: the full recipe (README, the mini world).
+MINI_CLIP_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
+    "small": {},
+    "medium": {},
+}
+
+
+def mini_clip_overrides(size: str, user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mini CLIP's config overrides for a world size, then the user's (``--set miniclip.…``)."""
+    if size not in MINI_CLIP_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(MINI_CLIP_SIZES)}")
+    return {**MINI_CLIP_SIZES[size], **(user or {})}
+
+
 def dataset_key(name: str, size: str, seed: int) -> str:
     """Stage folder name of a generated dataset: one per (name, size, seed)."""
     return f"{name}-{size}-s{seed}"
-
-
-def _cached(fn: Any, root: str) -> Any:
-    return fn.with_options(cache_policy=cache_policy(root), persist_result=True, result_storage=result_storage(root))
 
 
 @task(name="make-data", retries=1, retry_condition_fn=is_transient)
@@ -154,7 +167,7 @@ def mini_clip_summary(clip: dict[str, Any]) -> dict[str, Any]:
 def cached(root: str) -> dict[str, Any]:
     """The stage tasks configured to persist results and cache keys under `root`."""
     return {
-        name: _cached(t, root)
+        name: cached_task(t, root)
         for name, t in (
             ("make_data", make_data),
             ("pretrain_mini_clip", pretrain_mini_clip),

@@ -167,7 +167,7 @@ def train_run(
         recipe=recipe_key,
         config=cfg,
         run_name=name,
-        root=root or settings.run_root,
+        root=storage.resolve_root(root or settings.run_root),
         metric=metric,
         higher_is_better=not lower_is_better,
         num_workers=workers,

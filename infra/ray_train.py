@@ -34,11 +34,13 @@ nothing large is pickled from the driver and the same call works on a remote clu
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -185,10 +187,13 @@ def load_recipe_fn(path: str) -> RecipeFn:
 
 
 def connect(ray_address: str | None = None) -> None:
-    """Join the cluster at ``ray_address`` / ``RAY_ADDRESS``, else start Ray on this host; never re-initialise.
+    """Join the cluster at ``ray_address`` / ``RAY_ADDRESS``, else start a private Ray on this host; never
+    re-initialise.
 
     On a cluster the workers import the recipe themselves, so the project must be installed in the cluster's image
     (or shipped with a ``runtime_env``); on this host Ray workers see the driver's working directory.
+
+    A private local Ray is one run's alone, so two runs on one host never meet (`_start_local`).
     """
     with _CONNECT_LOCK:  # a DAG's parallel jobs connect from several threads
         if ray.is_initialized():
@@ -197,22 +202,55 @@ def connect(ray_address: str | None = None) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            # "local": a private instance, never a `ray start` cluster that someone else left on this host (a bare
-            # ray.init() would attach to it). Ray counts the CPUs itself (cgroup-aware, unlike os.cpu_count()).
-            # Without the dashboard there is no state API, which Ray Train's placement-group cleaner polls every
-            # second, logging a warning each time: the hook quiets that one logger in every worker process (and
-            # must stay light, see infra/ray_hooks.py).
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                runtime_env={
-                    "worker_process_setup_hook": "infra.ray_hooks.quiet_worker_logs",
-                    # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job
-                    # on a small CPU budget (each costs ~2-3 % of a core while its job runs)
-                    "env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
-                },
-            )
+            _start_local()
+
+
+#: the local Ray this process started last: its GCS address and temporary folder
+_OWN: dict[str, str | None] = {"address": None, "temp_dir": None}
+
+
+def _start_local() -> None:
+    """Start Ray on this host for this process only.
+
+    - ``address="local"``: a new instance, never a `ray start` cluster someone else left here (a bare ``ray.init()``
+      would attach to it);
+    - its own temporary folder (sockets, session files, logs) instead of the shared ``/tmp/ray``, and its workers'
+      ``RAY_ADDRESS`` pinned to it (`infra.ray_hooks.setup_local_worker`), so nothing inside it auto-detects a
+      neighbour (with two instances up, Ray's auto-detection fails with "Found multiple active Ray instances"). The
+      driver's own environment is left alone: processes it spawns must not inherit an address that dies with it;
+    - on 127.0.0.1 only;
+    - a small object store (`Settings.ray_object_store_mb`): tasks pass URIs and small summaries, never arrays, and
+      Ray's default (30 % of RAM per instance) made two runs on one 24 GiB host run out of memory;
+    - no dashboard: without it there is no state API, which Ray Train's placement-group cleaner polls every second,
+      logging a warning each time; the hook quiets that one logger in every worker process (and must stay light, see
+      infra/ray_hooks.py). Ray counts the CPUs itself (cgroup-aware, unlike os.cpu_count()).
+    """
+    from infra.settings import get_settings
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-vlrepro-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=temp_dir,
+        object_store_memory=get_settings().ray_object_store_mb * 1024 * 1024,
+        runtime_env={
+            "worker_process_setup_hook": "infra.ray_hooks.setup_local_worker",
+            # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job on a
+            # small CPU budget (each costs ~2-3 % of a core while its job runs)
+            "env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
+        },
+    )
+    _OWN.update(address=ray.get_runtime_context().gcs_address, temp_dir=temp_dir)
+    atexit.register(_stop_local, temp_dir)
+
+
+def _stop_local(temp_dir: str) -> None:
+    """At exit: stop the private Ray if it is still up, then remove its temporary folder."""
+    if _OWN["temp_dir"] == temp_dir and ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def fit(

@@ -36,6 +36,10 @@ class Settings:
     #: ``--cpus-per-worker 2 --parallel-jobs 2`` trains the lone mini-CLIP job on 2 threads and two heads at a time on
     #: 1 thread each (small models use two single-thread processes better than one two-thread process).
     parallel_jobs: int = 1
+    #: ``VLREPRO_RAY_OBJECT_STORE_MB``: object store of a local Ray this process starts (not of a cluster). Tasks
+    #: pass URIs and small summaries, so 512 MiB is plenty; Ray's default, 30 % of RAM for each instance, is what
+    #: made two runs on one host run out of memory.
+    ray_object_store_mb: int = 512
 
     def job_cpus(self, concurrent_jobs: int) -> float:
         """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
@@ -58,6 +62,9 @@ class Settings:
             run_root=get("VLREPRO_RUN_ROOT") or DEFAULT_RUN_ROOT,
             cpus_per_worker=_positive_float("VLREPRO_CPUS_PER_WORKER", get("VLREPRO_CPUS_PER_WORKER") or "1"),
             parallel_jobs=_positive_int("VLREPRO_PARALLEL_JOBS", get("VLREPRO_PARALLEL_JOBS") or "1"),
+            ray_object_store_mb=_positive_int(
+                "VLREPRO_RAY_OBJECT_STORE_MB", get("VLREPRO_RAY_OBJECT_STORE_MB") or "512"
+            ),
         )
 
 

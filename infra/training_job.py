@@ -57,6 +57,12 @@ class TrainingJob:
     tags: dict[str, str] = field(default_factory=dict)
     cpus_per_worker: float | None = None  # None: the settings' `cpus_per_worker` (jobs run together get a share)
 
+    def __post_init__(self) -> None:
+        # A relative root names another folder in a Ray worker or a later process; the edges resolve it
+        # (`storage.resolve_root`), so one that reaches here is a bug in the caller, not something to guess at.
+        if not storage.is_resolved_root(self.root):
+            raise ValueError(f"TrainingJob.root must be absolute or a URI (storage.resolve_root), got {self.root!r}")
+
 
 def job_record_path(root: str, run_name: str) -> str:
     storage.check_key(run_name)
@@ -64,8 +70,49 @@ def job_record_path(root: str, run_name: str) -> str:
 
 
 def finished_job(root: str, run_name: str) -> dict[str, Any] | None:
+    """The record of a finished job, or None when there is none or it can no longer be trusted.
+
+    A record is the job's commit marker, but the model it points at can be gone since (deleted, or recorded as a
+    relative path that resolves elsewhere now): such a record is set aside (renamed ``*.stale-<n>.json``) and the job
+    runs again — Ray resumes it from its last checkpoint and MLflow keeps its run — instead of returning paths to
+    nothing.
+    """
     path = job_record_path(root, run_name)
-    return storage.read_json(path) if storage.exists(path) else None
+    if not storage.exists(path):
+        return None
+    try:
+        record = storage.read_json(path)
+        reason = _stale_record(record)
+    except (OSError, ValueError) as exc:
+        record, reason = None, f"unreadable ({type(exc).__name__}: {exc})"
+    if reason is None and isinstance(record, dict):
+        return record
+    log.warning("job %s: its record is stale (%s); running the job again", run_name, reason)
+    _set_aside(path)
+    return None
+
+
+def _stale_record(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    model_dir = record.get("model_dir")
+    if not isinstance(model_dir, str) or not model_dir:
+        return "no model_dir"
+    if not storage.is_resolved_root(model_dir):
+        return f"model_dir {model_dir!r} is a relative path"
+    if not storage.exists(storage.join(model_dir, "model.pt")):
+        return f"{model_dir}/model.pt is missing"
+    return None
+
+
+def _set_aside(path: str) -> None:
+    """Keep a stale record for inspection under a name no reader takes for a record."""
+    for n in range(1, 1000):
+        dest = path[: -len(".json")] + f".stale-{n}.json"
+        if not storage.exists(dest):
+            storage.write_bytes_atomic(dest, storage.read_bytes(path))
+            break
+    storage.remove(path)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,27 @@ def local_path(uri: str) -> Path:
     return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
+def resolve_root(root: str | os.PathLike[str]) -> str:
+    """The run root as every later step sees it: an absolute local path (``~`` expanded, ``file://`` dropped, no
+    trailing ``/``) or, for an object store, the URI without its trailing ``/``.
+
+    Called once at each edge (CLI commands, flow entry points, `TrainingJob`): Ray workers, Prefect workers and a
+    later rerun do not share the caller's working directory, so a relative root would name another folder there, and
+    a path recorded in a job record or a cached result would stop resolving. Idempotent.
+    """
+    text = os.fspath(root)
+    if not text.strip():
+        raise ValueError("the run root is empty")
+    if not is_local(text):
+        return text.rstrip("/")
+    return os.path.abspath(os.path.expanduser(str(local_path(text))))
+
+
+def is_resolved_root(root: str) -> bool:
+    """True for a root that `resolve_root` returns unchanged (absolute local path or URI)."""
+    return not is_local(root) or (not root.startswith("file://") and os.path.isabs(root))
+
+
 def join(uri: str, *parts: str) -> str:
     """Join URI parts with '/' (works for local paths and URLs)."""
     out = uri.rstrip("/")

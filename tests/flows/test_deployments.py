@@ -24,7 +24,6 @@ import pytest
 import yaml
 
 from flows.serve import Service, Supervisor, free_port, http_ok
-from tests.flows.test_reproduce_clip4clip import TINY, TINY_CLIP
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"
@@ -256,9 +255,7 @@ def test_serve_deploy_and_a_process_worker_run_the_tiny_clip4clip_deployment(
     params = {
         "root": str(root),
         "size": "tiny",
-        "variants": ["meanP"],
-        "overrides": TINY,
-        "clip_overrides": TINY_CLIP,
+        "variants": ["meanP"],  # size tiny: the tiny head and mini-CLIP budgets (flows/stages.MINI_CLIP_SIZES)
     }
     t = time.monotonic()
     run_argv = [py, "-m", "prefect", "deployment", "run", "reproduce-clip4clip/reproduce-clip4clip"]

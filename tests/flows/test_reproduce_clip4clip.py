@@ -1,4 +1,5 @@
-"""The CLIP4Clip DAG on a tiny configuration, end to end, and its rerun reusing every stage."""
+"""The CLIP4Clip DAG on a tiny configuration, end to end from a relative run root in another working directory, and
+its rerun (the root spelled differently) reusing every stage."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+from tests.flows.conftest import assert_paths_absolute, relative_root
 
-TINY = {"train.batch_size": 16, "train.epochs": 1, "data.repeats_per_epoch": 1, "train.eval_every_epochs": 1}
-TINY_CLIP = {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64}
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
 
 @pytest.mark.timeout(900)
@@ -21,16 +21,16 @@ def test_tiny_clip4clip_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path:
     from infra.registry import Registry
     from infra.tracking import Tracker
 
-    root = str(tmp_path / "runs")
     kwargs = {
         "dataset": "mini-retrieval",
-        "root": root,
         "size": "tiny",
         "variants": ["meanP", "tightTransf-seqText"],  # seqTransf comes in as the tight head's prerequisite
-        "overrides": TINY,
-        "clip_overrides": TINY_CLIP,
     }
-    out = reproduce_clip4clip(**kwargs)
+    with relative_root(tmp_path) as (spelled, absolute):
+        out = reproduce_clip4clip(root=spelled, **kwargs)
+    root = str(absolute)
+    assert out["root"] == root
+    assert_paths_absolute(absolute, out)
     assert list(out["heads"]) == ["meanP", "seqTransf", "tightTransf-seqText"]
     for head in out["heads"].values():
         for block in ("overall", "order"):
@@ -59,7 +59,8 @@ def test_tiny_clip4clip_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path:
     mini_clip = torch.load(tight_cfg["clip"]["pretrained"], weights_only=True)  # what seqTransf started from
     assert not torch.equal(mini_clip["model.token_embedding.weight"], seq_state["clip.model.token_embedding.weight"])
 
-    again = reproduce_clip4clip(**kwargs)
+    with relative_root(tmp_path, cwd="another") as _:
+        again = reproduce_clip4clip(root=f"{tmp_path}/elsewhere/./runs/", **kwargs)
     assert again["heads"] == out["heads"]  # same records, nothing retrained
     runs = tracker.client.search_runs([tracker.get_or_create_experiment("clip4clip")])
     assert len(runs) == 3  # one MLflow run per training job, across reruns

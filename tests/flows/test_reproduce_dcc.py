@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.flows.conftest import assert_paths_absolute, relative_root
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -25,8 +28,11 @@ def _fraction(value: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("dcc") / "runs")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The README's relative root ``runs``, from a working directory that is not the repository."""
+    with relative_root(tmp_path_factory.mktemp("dcc")) as (spelled, absolute):
+        yield spelled
+    assert_paths_absolute(absolute)
 
 
 @pytest.mark.timeout(1500)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.flows.conftest import assert_paths_absolute, relative_root
+
 GROUNDING_KEYS = {f"R@{n},IoU@{m}" for n in (1, 5) for m in ("0.3", "0.5", "0.7")}
 
 
@@ -24,9 +26,11 @@ def test_tiny_locvtp_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path: Pa
     from infra.registry import Registry
     from infra.tracking import Tracker
 
-    root = str(tmp_path / "runs")
-    kwargs: dict[str, Any] = {"root": root, "size": "tiny"}
-    out = flow_module.reproduce_locvtp(**kwargs)
+    kwargs: dict[str, Any] = {"size": "tiny"}
+    with relative_root(tmp_path) as (spelled, absolute):  # the README's relative root, not from the repository
+        out = flow_module.reproduce_locvtp(root=spelled, **kwargs)
+    root = str(absolute)
+    assert_paths_absolute(absolute, out)
 
     assert out["paper"] == "locvtp" and out["dataset"] == "mini-grounding-tiny-s0"
     assert set(out["grounding"]) == {"locvtp", "baseline"}
@@ -51,7 +55,7 @@ def test_tiny_locvtp_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path: Pa
     summary = tracker.client.get_run(out["summary_run_id"])
     assert summary.data.tags["vlrepro.kind"] == "summary"
 
-    again = flow_module.reproduce_locvtp(**kwargs)
+    again = flow_module.reproduce_locvtp(root=root, **kwargs)
     assert again["pretrain"]["reused"] and all(g["reused"] for g in again["grounding"].values())
     for block in ("grounding", "retrieval", "features", "summary_run_id"):
         strip = (lambda x: x) if block != "grounding" else (lambda g: {k: {**v, "reused": None} for k, v in g.items()})

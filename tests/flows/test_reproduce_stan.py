@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.flows.conftest import assert_paths_absolute, relative_root
+
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
@@ -21,7 +23,12 @@ _STAN_TINY: dict[str, tuple[str, dict[str, Any]]] = {}
 
 @pytest.fixture(scope="session")
 def stan_tiny(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> tuple[str, dict[str, Any]]:
-    """One tiny STAN DAG (main variant: 6 steps on the 96 training clips) on a fresh root: (root, flow output).
+    """One tiny STAN DAG (main variant: 6 steps on the 96 training clips) on a fresh root: (absolute root, output).
+
+    Run as a new user would after a failure: from a working directory that is not the repository, with the relative
+    root ``runs``; the first attempt fails right after the mini CLIP (feature extraction raises), the second, with the
+    same root spelled differently (absolute, ``/./``, trailing slash) and from another directory, recovers with no
+    file deleted by hand and reuses the mini CLIP the failed attempt trained (`RECOVERY` records what it saw).
 
     Imported by the UCoFiA test module, where pytest registers it as a second fixture; the module-level cache keeps
     it to one STAN run per session.
@@ -30,15 +37,33 @@ def stan_tiny(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
         import torch
 
         from flows.reproduce_stan import reproduce_stan
+        from pipelines.features import clip_frames
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        root = str(tmp_path_factory.mktemp("retrieval") / "runs")
+        base = tmp_path_factory.mktemp("retrieval")
         try:
-            _STAN_TINY["run"] = root, reproduce_stan(root=root, size="tiny")
+            with relative_root(base) as (spelled, absolute), pytest.MonkeyPatch.context() as mp:
+
+                def broken(*args: Any, **kwargs: Any) -> Any:
+                    raise ValueError("injected: feature extraction fails after the mini CLIP")
+
+                mp.setattr(clip_frames, "extract", broken)
+                with pytest.raises(ValueError, match="injected"):
+                    reproduce_stan(root=spelled, size="tiny")
+            (clip_record,) = absolute.glob("jobs/miniclip-*.json")
+            RECOVERY["clip_record"] = clip_record.read_bytes()
+            with relative_root(base, cwd="another"):
+                out = reproduce_stan(root=f"{base}/elsewhere/./runs/", size="tiny")
+            RECOVERY["clip_record_after"] = clip_record.read_bytes()
+            _STAN_TINY["run"] = str(absolute), out
         finally:
             torch.set_num_threads(threads)
     return _STAN_TINY["run"]
+
+
+#: what the failed first attempt of `stan_tiny` left, to check the recovery reused it
+RECOVERY: dict[str, bytes] = {}
 
 
 def assert_retrieval_block(block: dict[str, Any]) -> None:
@@ -72,6 +97,19 @@ def test_tiny_stan_dag_trains_evaluates_recognition_and_registers(stan_tiny: tup
     assert champion is not None and champion["run_id"] == head["run_id"] and champion["metric_name"] == "t2v/R@1"
     job = json.loads(Path(root, "jobs", f"{head['run_name']}.json").read_text())
     assert job["metrics"]["recognition/top1"] == pytest.approx(rec["top1"])
+
+
+@pytest.mark.slow
+def test_a_relative_root_rerun_after_a_failure_recovers_and_records_absolute_paths(
+    stan_tiny: tuple[str, dict[str, Any]],
+) -> None:
+    root, out = stan_tiny
+    assert out["root"] == root and Path(root).is_absolute() and Path(root).name == "runs"
+    # the mini CLIP the failed attempt trained was reused, not retrained: its record is byte-identical
+    assert RECOVERY["clip_record"] == RECOVERY["clip_record_after"]
+    clip = json.loads(RECOVERY["clip_record"])
+    assert clip["model_dir"].startswith(root + "/models/miniclip-")
+    assert_paths_absolute(Path(root), out)
 
 
 def test_ablation_table_rows_markdown_and_one_mlflow_summary_run(tmp_path: Path) -> None:

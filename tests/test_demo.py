@@ -1,0 +1,105 @@
+"""The README's own command, as a new user types it: `make demo` (here at ``SIZE=tiny``) in a copy of the working tree
+with the default relative run root, while a second `vlrepro reproduce` runs on the same host with another root.
+
+Both must finish: each starts its own private local Ray (its own temporary folder, removed at exit) and neither
+attaches to the other's. The copy uses this checkout's virtual environment (``VENV=…``, its install step assumed
+done with ``-o``), so the test costs the two DAGs, not an install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.prefix)  # the environment running the tests: make's own .venv under `make test`
+
+
+def _working_tree(dest: Path) -> None:
+    """Copy the files git would check out (tracked and new, not ignored), keeping their times."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
+        names = [n for n in listed.split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):  # no git: everything but the usual untracked folders
+        skip = {".git", ".venv", "runs", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+        names = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and not skip & set(p.parts)]
+    for name in names:
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _ray_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("ray-vlrepro-*")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_shares_the_host(tmp_path: Path) -> None:
+    if shutil.which("make") is None or not (VENV / "bin" / "vlrepro").exists():
+        pytest.skip("needs make and the project's virtual environment")
+    tree = tmp_path / "clone"
+    _working_tree(tree)
+    other = tmp_path / "other"
+    other.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # one user's home, shared by both runs as it would be
+    before = _ray_dirs()
+
+    stamp = VENV / ".installed"
+    demo_argv = ["make", "-o", str(stamp), "demo", "SIZE=tiny", f"VENV={VENV}"]
+    with open(tmp_path / "demo.log", "wb") as demo_log, open(tmp_path / "other.log", "wb") as other_log:
+        demo = subprocess.Popen(demo_argv, cwd=tree, env=env, stdout=demo_log, stderr=subprocess.STDOUT)
+        time.sleep(5)  # the second run starts while the first one is setting up
+        second_argv = [str(VENV / "bin" / "vlrepro"), "reproduce", "stan", "--size", "tiny", "--root", "runs", "--json"]
+        second = subprocess.Popen(second_argv, cwd=other, env=env, stdout=other_log, stderr=subprocess.STDOUT)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 1100
+        while (demo.poll() is None or second.poll() is None) and time.monotonic() < deadline:
+            seen |= _ray_dirs() - before
+            time.sleep(1)
+        for proc in (demo, second):
+            if proc.poll() is None:
+                proc.kill()
+    demo_out = (tmp_path / "demo.log").read_text(errors="replace")
+    other_out = (tmp_path / "other.log").read_text(errors="replace")
+    assert demo.returncode == 0, demo_out[-4000:]
+    assert second.returncode == 0, other_out[-4000:]
+    for text in (demo_out, other_out):
+        assert "multiple active Ray instances" not in text
+
+    # each run started a Ray of its own, and removed its temporary folder at exit
+    assert len(seen) >= 2, seen
+    assert not (_ray_dirs() - before), "a run left its Ray temporary folder behind"
+
+    # the demo's relative root is the copy's runs/, and everything it recorded there is absolute
+    root = tree / "runs"
+    records = list(root.glob("jobs/*.json"))
+    assert len(records) == 7, [p.name for p in records]  # the mini CLIP and the six default heads
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["model_dir"].startswith(str(root) + "/models/"), (path.name, record["model_dir"])
+        assert Path(record["model_dir"], "model.pt").is_file()
+    # the tiny size reached every job: the mini CLIP trained its 6 steps, each head one epoch
+    (clip,) = [json.loads(p.read_text()) for p in root.glob("jobs/miniclip-*.json")]
+    assert len(clip["history"]) == 1
+    for path in root.glob("jobs/clip4clip-*.json"):
+        assert len(json.loads(path.read_text())["history"]) == 1, path.name
+    assert "clip4clip on mini-retrieval-tiny-s0" in demo_out
+
+    # the second run, on its own root in its own folder
+    result = json.loads(other_out.strip().splitlines()[-1])
+    assert result["paper"] == "stan" and result["root"] == str(other / "runs")
