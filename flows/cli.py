@@ -128,7 +128,8 @@ def data_make(
     if size not in SIZES:
         raise typer.BadParameter(f"unknown size {size!r}; choose one of {', '.join(SIZES)}", param_hint="--size")
     with progress_bar(f"make {name}") as progress:
-        summary = make_world(name, out, seed=seed, size=size, progress=progress, workers=workers, force=force)
+        # absolute, like every run root: the summary's paths are read later from other directories
+        summary = make_world(name, out.resolve(), seed=seed, size=size, progress=progress, workers=workers, force=force)
     emit(
         summary,
         as_json,

@@ -99,7 +99,59 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
     for path in root.glob("jobs/clip4clip-*.json"):
         assert len(json.loads(path.read_text())["history"]) == 1, path.name
     assert "clip4clip on mini-retrieval-tiny-s0" in demo_out
+    _check_clip4clip_heads(root)
 
     # the second run, on its own root in its own folder
     result = json.loads(other_out.strip().splitlines()[-1])
     assert result["paper"] == "stan" and result["root"] == str(other / "runs")
+
+    # the same command again reuses every stage and job: records untouched, no new MLflow run
+    records_before = {p.name: p.read_bytes() for p in root.glob("jobs/*.json")}
+    again = subprocess.run(demo_argv, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in root.glob("jobs/*.json")} == records_before
+    _check_clip4clip_heads(root)
+
+
+def _check_clip4clip_heads(root: Path) -> None:
+    """What the tiny CLIP4Clip DAG must leave: every head evaluated and registered, one MLflow run per job, and the
+    tight head built on the text tower seqTransf trained (its prerequisite, trained first)."""
+    import torch
+
+    from infra.registry import Registry
+    from infra.tracking import Tracker
+
+    heads = {}
+    for path in root.glob("jobs/clip4clip-*.json"):
+        record = json.loads(path.read_text())
+        job = json.loads(Path(record["model_dir"], "job.json").read_text())
+        assert job["root"] == str(root)
+        heads[job["tags"]["vlrepro.variant"]] = record
+    assert sorted(heads) == sorted(
+        ["meanP", "seqLSTM", "seqTransf", "tightTransf-seqText", "meanP-1frame", "seqTransf-1frame"]
+    )
+    for record in heads.values():
+        for block in ("overall", "order"):
+            for direction in ("t2v", "v2t"):
+                m = record["report"][block][direction]
+                assert set(m) >= {"R@1", "R@5", "R@10", "MdR", "MnR"}
+                assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
+        # tiny world: 48 test videos (2 colours x 2 shapes x 12 direction pairs)
+        assert 1 <= record["report"]["overall"]["t2v"]["MnR"] <= 48
+        assert record["registered"]["version"] in range(1, 7)
+    tracker = Tracker.for_run_root(str(root))
+    champion = Registry(tracker).champion("clip4clip")
+    assert champion is not None and champion["metric_name"] == "t2v/R@1"
+    assert Registry(tracker).champion("mini-clip") is not None
+    assert len(tracker.client.search_runs([tracker.get_or_create_experiment("clip4clip")])) == 6
+
+    seq_dir = Path(heads["seqTransf"]["model_dir"])
+    tight_dir = Path(heads["tightTransf-seqText"]["model_dir"])
+    tight_cfg = json.loads((tight_dir / "job.json").read_text())["config"]["model"]
+    assert Path(tight_cfg["text_init"]) == seq_dir / "model.pt" and tight_cfg["freeze_text"] is True
+    seq_state = torch.load(seq_dir / "model.pt", weights_only=True)
+    tight_state = torch.load(tight_dir / "model.pt", weights_only=True)
+    text_keys = [k for k in seq_state if k.startswith("clip.model.") and "visual" not in k and "logit" not in k]
+    assert len(text_keys) > 10 and all(torch.equal(seq_state[k], tight_state[k]) for k in text_keys)
+    mini_clip = torch.load(tight_cfg["clip"]["pretrained"], weights_only=True)  # what seqTransf started from
+    assert not torch.equal(mini_clip["model.token_embedding.weight"], seq_state["clip.model.token_embedding.weight"])
