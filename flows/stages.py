@@ -33,10 +33,13 @@ MINI_INGEST: dict[str, dict[str, Any]] = {
 
 #: the mini CLIP per world size — the one table every paper's DAG uses (on top of `MiniClipConfig`'s defaults), so
 #: one run name (the config's hash) always means one model, whichever paper trained it first. Tiny: a handful of
-#: steps, only proves the DAG; small and medium: the full recipe (README, the mini world).
+#: steps, only proves the DAG. Small: 2 × 100 steps at batch 128 — measured on mini-retrieval small, frame → caption
+#: R@1 97.8 % (97.5 % with seed 1) against 99.5 % at 300 steps and 92.1 % at 3 × 50, and every CLIP4Clip claim holds
+#: on its features (README); a third of the recipe's 600 steps, which keeps `make demo` under 8 minutes. Medium: the
+#: full recipe (`MiniClipConfig`, 6 × 100).
 MINI_CLIP_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
-    "small": {},
+    "small": {"train.epochs": 2},
     "medium": {},
 }
 

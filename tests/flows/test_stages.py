@@ -154,3 +154,20 @@ def test_clip4clip_prerequisites_are_added_and_submitted_first():
     for variant, (base, key) in NEEDS.items():
         assert SUBMIT_ORDER.index(base) < SUBMIT_ORDER.index(variant)
         assert key.startswith("model.")
+
+
+def test_one_mini_clip_size_table_for_every_dag() -> None:
+    """`--size tiny` means the same (tiny) mini CLIP whichever paper runs: the sizes live in one table, and no flow
+    module keeps mini-CLIP budgets of its own."""
+    from pathlib import Path
+
+    from flows import stages
+
+    assert stages.mini_clip_overrides("tiny")["steps_per_epoch"] == 6
+    assert stages.mini_clip_overrides("tiny", {"steps_per_epoch": 9})["steps_per_epoch"] == 9
+    assert stages.mini_clip_overrides("small") == {"train.epochs": 2}
+    with pytest.raises(ValueError, match="unknown size"):
+        stages.mini_clip_overrides("huge")
+    flows_dir = Path(stages.__file__).parent
+    owners = [p.name for p in flows_dir.glob("*.py") if "steps_per_epoch" in p.read_text()]
+    assert owners == ["stages.py"], owners
