@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.flows.conftest import assert_paths_absolute
 from tests.flows.test_reproduce_stan import assert_retrieval_block
 from tests.flows.test_reproduce_stan import stan_tiny as stan_tiny  # session fixture: one STAN run per session
 
@@ -38,10 +40,15 @@ def test_tiny_ucofia_dag_after_stan_reuses_shared_stages(stan_tiny: tuple[str, d
     assert {k.split("/")[0] for k in before} == {"data", "mini-retrieval-tiny-s0", "jobs", "models"}, before
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    here = Path.cwd()
+    os.chdir(Path(root).parent)  # STAN's working directory: the same root spelled "runs", as a user would
     try:
-        out = reproduce_ucofia(root=root, size="tiny")
+        out = reproduce_ucofia(root="runs", size="tiny")
     finally:
+        os.chdir(here)
         torch.set_num_threads(threads)
+    assert out["root"] == root
+    assert_paths_absolute(Path(root), out)
 
     # shared stages: same frames stage and mini CLIP run, markers untouched, one mini-CLIP run in MLflow
     assert out["frames_stage"] == stan["frames_stage"]
