@@ -205,8 +205,8 @@ def connect(ray_address: str | None = None) -> None:
             _start_local()
 
 
-#: the local Ray this process started last: its GCS address and temporary folder
-_OWN: dict[str, str | None] = {"address": None, "temp_dir": None}
+#: the local Ray this process started last: its temporary folder (removed at exit)
+_OWN: dict[str, str | None] = {"temp_dir": None}
 
 
 def _start_local() -> None:
@@ -242,7 +242,7 @@ def _start_local() -> None:
             "env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
         },
     )
-    _OWN.update(address=ray.get_runtime_context().gcs_address, temp_dir=temp_dir)
+    _OWN["temp_dir"] = temp_dir
     atexit.register(_stop_local, temp_dir)
 
 
