@@ -214,10 +214,11 @@ def _start_local() -> None:
 
     - ``address="local"``: a new instance, never a `ray start` cluster someone else left here (a bare ``ray.init()``
       would attach to it);
-    - its own temporary folder (sockets, session files, logs) instead of the shared ``/tmp/ray``, and its workers'
-      ``RAY_ADDRESS`` pinned to it (`infra.ray_hooks.setup_local_worker`), so nothing inside it auto-detects a
-      neighbour (with two instances up, Ray's auto-detection fails with "Found multiple active Ray instances"). The
-      driver's own environment is left alone: processes it spawns must not inherit an address that dies with it;
+    - its own temporary folder (sockets, session files, logs; under `Settings.ray_temp_parent`) instead of the shared
+      ``/tmp/ray``, and its workers' ``RAY_ADDRESS`` pinned to it (`infra.ray_hooks.setup_local_worker`), so nothing
+      inside it auto-detects a neighbour (with two instances up, Ray's auto-detection fails with "Found multiple
+      active Ray instances"). The driver's own environment is left alone: processes it spawns must not inherit an
+      address that dies with it;
     - on 127.0.0.1 only;
     - a small object store (`Settings.ray_object_store_mb`): tasks pass URIs and small summaries, never arrays, and
       Ray's default (30 % of RAM per instance) made two runs on one 24 GiB host run out of memory;
@@ -227,14 +228,15 @@ def _start_local() -> None:
     """
     from infra.settings import get_settings
 
-    temp_dir = tempfile.mkdtemp(prefix="ray-vlrepro-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    settings = get_settings()
+    temp_dir = tempfile.mkdtemp(prefix="ray-vlrepro-", dir=settings.ray_temp_parent)  # short: see the setting
     ray.init(
         address="local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         _node_ip_address="127.0.0.1",
         _temp_dir=temp_dir,
-        object_store_memory=get_settings().ray_object_store_mb * 1024 * 1024,
+        object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
         runtime_env={
             "worker_process_setup_hook": "infra.ray_hooks.setup_local_worker",
             # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job on a

@@ -40,6 +40,9 @@ class Settings:
     #: pass URIs and small summaries, so 512 MiB is plenty; Ray's default, 30 % of RAM for each instance, is what
     #: made two runs on one host run out of memory.
     ray_object_store_mb: int = 512
+    #: ``VLREPRO_RAY_TEMP_PARENT``: folder under which a local Ray this process starts makes its own temporary folder
+    #: (``ray-vlrepro-*``, removed at exit). Keep it short: Ray's socket paths under it must fit 107 bytes.
+    ray_temp_parent: str = "/tmp"
 
     def job_cpus(self, concurrent_jobs: int) -> float:
         """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
@@ -65,6 +68,7 @@ class Settings:
             ray_object_store_mb=_positive_int(
                 "VLREPRO_RAY_OBJECT_STORE_MB", get("VLREPRO_RAY_OBJECT_STORE_MB") or "512"
             ),
+            ray_temp_parent=get("VLREPRO_RAY_TEMP_PARENT") or "/tmp",
         )
 
 

@@ -13,10 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.golden import check_golden, job_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)  # the environment running the tests: make's own .venv under `make test`
@@ -42,13 +46,24 @@ def _working_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def _ray_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("ray-vlrepro-*")}
+def _ray_dirs(parent: Path) -> set[str]:
+    return {p.name for p in parent.glob("ray-vlrepro-*")}
+
+
+@pytest.fixture
+def ray_parent() -> Iterator[Path]:
+    """A short folder of this test's own under /tmp (Ray's socket paths must fit 107 bytes) for both runs' Ray
+    folders, so that other Ray users of the host (another test, another session) cannot be mistaken for these two."""
+    folder = Path(tempfile.mkdtemp(prefix="vlr-demo-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_shares_the_host(tmp_path: Path) -> None:
+def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_shares_the_host(
+    tmp_path: Path, ray_parent: Path
+) -> None:
     if shutil.which("make") is None or not (VENV / "bin" / "vlrepro").exists():
         pytest.skip("needs make and the project's virtual environment")
     tree = tmp_path / "clone"
@@ -57,7 +72,7 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
     other.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # one user's home, shared by both runs as it would be
-    before = _ray_dirs()
+    env["VLREPRO_RAY_TEMP_PARENT"] = str(ray_parent)
 
     stamp = VENV / ".installed"
     demo_argv = ["make", "-o", str(stamp), "demo", "SIZE=tiny", f"VENV={VENV}"]
@@ -69,7 +84,7 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
         seen: set[str] = set()
         deadline = time.monotonic() + 1100
         while (demo.poll() is None or second.poll() is None) and time.monotonic() < deadline:
-            seen |= _ray_dirs() - before
+            seen |= _ray_dirs(ray_parent)
             time.sleep(1)
         for proc in (demo, second):
             if proc.poll() is None:
@@ -83,7 +98,7 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
 
     # each run started a Ray of its own, and removed its temporary folder at exit
     assert len(seen) >= 2, seen
-    assert not (_ray_dirs() - before), "a run left its Ray temporary folder behind"
+    assert not _ray_dirs(ray_parent), "a run left its Ray temporary folder behind"
 
     # the demo's relative root is the copy's runs/, and everything it recorded there is absolute
     root = tree / "runs"
@@ -100,6 +115,8 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
         assert len(json.loads(path.read_text())["history"]) == 1, path.name
     assert "clip4clip on mini-retrieval-tiny-s0" in demo_out
     _check_clip4clip_heads(root)
+
+    check_golden("clip4clip-tiny", job_metrics(root))
 
     # the second run, on its own root in its own folder
     result = json.loads(other_out.strip().splitlines()[-1])
