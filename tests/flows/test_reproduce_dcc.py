@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.flows.conftest import assert_paths_absolute, relative_root
+from tests.golden import check_golden, job_metrics
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -114,6 +115,7 @@ def test_tiny_dag_with_ablations_reuses_shared_steps_and_reports_the_table(root:
     full = table[-1]
     assert full["AVG(0.1:0.7)"] == pytest.approx(out["results"]["thumos"]["AVG(0.1:0.7)"])  # job metric = file score
     assert full["run_name"] == out["steps"][-1]["run_name"]
+    check_golden("dcc-tiny", job_metrics(root))
     tracker = Tracker.for_run_root(root)
     experiment = tracker.get_or_create_experiment("dcc")
     runs = tracker.client.search_runs([experiment])

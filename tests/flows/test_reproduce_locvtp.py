@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.flows.conftest import assert_paths_absolute, relative_root
+from tests.golden import check_golden, job_metrics
 
 GROUNDING_KEYS = {f"R@{n},IoU@{m}" for n in (1, 5) for m in ("0.3", "0.5", "0.7")}
 
@@ -31,6 +32,7 @@ def test_tiny_locvtp_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path: Pa
         out = flow_module.reproduce_locvtp(root=spelled, **kwargs)
     root = str(absolute)
     assert_paths_absolute(absolute, out)
+    check_golden("locvtp-tiny", job_metrics(root))
 
     assert out["paper"] == "locvtp" and out["dataset"] == "mini-grounding-tiny-s0"
     assert set(out["grounding"]) == {"locvtp", "baseline"}

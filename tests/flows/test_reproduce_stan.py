@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.flows.conftest import assert_paths_absolute, relative_root
+from tests.golden import check_golden, job_metrics
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -97,6 +98,7 @@ def test_tiny_stan_dag_trains_evaluates_recognition_and_registers(stan_tiny: tup
     assert champion is not None and champion["run_id"] == head["run_id"] and champion["metric_name"] == "t2v/R@1"
     job = json.loads(Path(root, "jobs", f"{head['run_name']}.json").read_text())
     assert job["metrics"]["recognition/top1"] == pytest.approx(rec["top1"])
+    check_golden("stan-tiny", job_metrics(root, "stan", "miniclip"))
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 from tests.flows.conftest import assert_paths_absolute
 from tests.flows.test_reproduce_stan import assert_retrieval_block
 from tests.flows.test_reproduce_stan import stan_tiny as stan_tiny  # session fixture: one STAN run per session
+from tests.golden import check_golden, job_metrics
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -48,6 +49,7 @@ def test_tiny_ucofia_dag_after_stan_reuses_shared_stages(stan_tiny: tuple[str, d
         os.chdir(here)
         torch.set_num_threads(threads)
     assert out["root"] == root
+    check_golden("ucofia-tiny", job_metrics(root, "ucofia"))
     assert_paths_absolute(Path(root), out)
 
     # shared stages: same frames stage and mini CLIP run, markers untouched, one mini-CLIP run in MLflow
