@@ -69,9 +69,9 @@ def _model_config(method: str, config: str) -> tuple[Any, Any, int, Callable[[An
     from models.stan import build as build_stan
     from models.ucofia import UCoFiAConfig
     from models.ucofia import build as build_ucofia
-    from pipelines.recipes.clip4clip import Clip4ClipRecipeConfig
-    from pipelines.recipes.stan import StanRecipeConfig
-    from pipelines.recipes.ucofia import UCoFiARecipeConfig
+    from recipes.clip4clip import Clip4ClipRecipeConfig
+    from recipes.stan import StanRecipeConfig
+    from recipes.ucofia import UCoFiARecipeConfig
 
     family, _, variant = method.partition("-")
     variant_overrides: dict[str, Any] = {
@@ -153,7 +153,7 @@ def run_case(method: str, config: str, steps: int, threads: int, device: str) ->
 
     torch.set_num_threads(threads)
     for family in ("clip4clip", "stan", "ucofia"):
-        importlib.import_module(f"pipelines.recipes.{family}")  # imports the model package too
+        importlib.import_module(f"recipes.{family}")  # imports the model package too
     rss_start = _proc_kib("VmRSS")  # after every import: the peak below is model + optimiser + activations
     seed_everything(0)
     cfg, train, batch_size, build_fn = _model_config(method, config)

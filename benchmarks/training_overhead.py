@@ -43,7 +43,7 @@ from pipelines.decode import DecodeConfig  # noqa: E402
 from pipelines.features.clip_frames import ClipFeatureConfig, extract  # noqa: E402
 from pipelines.ingest import IngestConfig, ingest  # noqa: E402
 from pipelines.miniworld import make_world  # noqa: E402
-from pipelines.recipes.clip4clip import Clip4ClipRecipe, Clip4ClipRecipeConfig  # noqa: E402
+from recipes.clip4clip import Clip4ClipRecipe, Clip4ClipRecipeConfig  # noqa: E402
 
 
 def build_stages(work: Path, size: str) -> tuple[str, str]:
@@ -182,7 +182,7 @@ def main() -> None:
         connect()
         start = time.monotonic()
         res = fit(
-            "pipelines.recipes.clip4clip:build",
+            "recipes.clip4clip:build",
             config,
             ScalingSpec(num_workers=1),
             RunSpec(name="bench-ray", storage_path=str(work / "ray")),

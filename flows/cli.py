@@ -27,6 +27,8 @@ import typer
 # typer ≥ 0.2x vendors its own click; its exception classes are the ones raised
 from typer._click import exceptions as click_exc
 
+from flows.console import emit
+
 # A research CLI should not phone home: Prefect/Ray/MLflow telemetry is off unless the user turns it back on.
 for _var, _value in (
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
@@ -69,15 +71,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
-
-
-def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
-    """Print a command's result: one JSON line (machine) or a readable summary (human)."""
-    if as_json:
-        sys.stdout.flush()
-        print(json.dumps(result, sort_keys=True, default=str), flush=True)
-    else:
-        print(human(result) if human else json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
 def is_tty() -> bool:

@@ -33,7 +33,7 @@ from flows import stages
 from flows.runtime import cached_task, is_transient
 from models.config import config_hash, load
 from pipelines import storage
-from pipelines.recipes import RECIPES
+from recipes import RECIPES
 
 
 def recipe_config(
@@ -129,7 +129,7 @@ def train_flow(
     register_model: bool = True,
     dataset_stage: str | None = None,
 ) -> dict[str, Any]:
-    """One training job of `recipe` (a key of `pipelines.recipes.RECIPES`) from a config file + overrides.
+    """One training job of `recipe` (a key of `recipes.RECIPES`) from a config file + overrides.
 
     The same resolved config on the same root is the same job: a finished one returns its record, an interrupted one
     resumes from its last Ray checkpoint and keeps its MLflow run (`infra.training_job`).

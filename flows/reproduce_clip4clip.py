@@ -21,7 +21,7 @@ from flows import stages
 from flows.ingest import ingest_flow
 from models.config import load, merge, to_dict
 from pipelines import storage
-from pipelines.recipes.clip4clip import Clip4ClipRecipeConfig
+from recipes.clip4clip import Clip4ClipRecipeConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "clip4clip" / "configs"
 

@@ -19,7 +19,7 @@ record):
 | tables, timeline plots, registry summary | `log_results` | artefacts on the parent run |
 
 **Steps are jobs.** The warm-up and every B / F step is its own `infra.training_job.TrainingJob` (recipe
-``pipelines.recipes.dcc``, the stage chosen by ``stage``), run by its own Prefect task, with its own Ray run name (the
+``recipes.dcc``, the stage chosen by ``stage``), run by its own Prefect task, with its own Ray run name (the
 job key ``dcc-<i><stage>-<dataset>-<config digest>`` → resumable from its own checkpoints), its own MLflow run — a
 **child** of the DAG's parent run (tag ``mlflow.parentRunId``) — and its own job record. Step i starts from step
 i−1's final weights (config ``init_from`` = that job's ``model.pt``), so its key digests its predecessor's key: a
@@ -46,7 +46,7 @@ CPU cores; ``ablations=True`` adds four step jobs (VLP warm-up, two F steps, one
 sizes and why.
 
 Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the config they change: ``dcc.``
-(`pipelines.recipes.dcc.DCCRecipeConfig`: ``dcc.model.stages.rounds=3``, ``dcc.model.distill.high=0.4``),
+(`recipes.dcc.DCCRecipeConfig`: ``dcc.model.stages.rounds=3``, ``dcc.model.distill.high=0.4``),
 ``miniclip.`` (`MiniClipConfig`), ``i3d.`` (`I3DFeatureConfig`: ``i3d.rgb_weights=/path/rgb_imagenet.pt``,
 ``i3d.flow_weights=…``, ``i3d.width=1.0`` for users with pytorch-i3d weights) or ``tvl1.`` (`TVL1Config`).
 """
@@ -74,7 +74,7 @@ from models.dcc import VARIANT_EVAL_BRANCH, DCCConfig, stage_schedule
 from pipelines import shards, storage
 from pipelines.features.i3d import I3DFeatureConfig
 from pipelines.features.tvl1 import TVL1Config
-from pipelines.recipes.dcc import DCCRecipeConfig
+from recipes.dcc import DCCRecipeConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "models" / "dcc" / "configs" / "mini-wtal.yaml"
 PAPER = "dcc"

@@ -7,7 +7,7 @@ pre-training — which at init is exactly per-frame mini CLIP mean-pooled over e
 (`pipelines.features.locvtp_clips`). Both heads get the same query features (the frozen mini CLIP's sentence feature),
 so they differ only in their clip features. Retrieval transfer (METHODS §5 "retrieval with the metrics above") is
 text↔moment retrieval on the held-out queries from each feature stage and its own text tower
-(`pipelines.recipes.locvtp.moment_retrieval`).
+(`recipes.locvtp.moment_retrieval`).
 
 Stages and jobs (each reused on rerun: Prefect's persisted results, and each stage's own commit marker or job record):
 
@@ -49,8 +49,8 @@ from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
 from models.config import build, config_hash, merge, to_dict
 from pipelines import storage
-from pipelines.recipes.grounding import GroundingRecipeConfig
-from pipelines.recipes.locvtp import LocVTPRecipeConfig
+from recipes.grounding import GroundingRecipeConfig
+from recipes.locvtp import LocVTPRecipeConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "models" / "locvtp" / "configs" / "mini-grounding.yaml"
 PAPER = "locvtp"
@@ -122,7 +122,7 @@ def retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[s
     import numpy as np
 
     from pipelines.features.locvtp_clips import iter_features
-    from pipelines.recipes.locvtp import moment_retrieval, queries_by_video, read_queries
+    from recipes.locvtp import moment_retrieval, queries_by_video, read_queries
 
     clips, text, seconds, durations = {}, {}, {}, {}
     for key, c, t, meta in iter_features(features_uri):

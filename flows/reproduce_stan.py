@@ -52,7 +52,7 @@ from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
 from models.config import load, merge, to_dict
 from pipelines import storage
-from pipelines.recipes.stan import StanRecipeConfig
+from recipes.stan import StanRecipeConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "models" / "stan" / "configs" / "mini-retrieval.yaml"
 PAPER = "stan"

@@ -3,7 +3,7 @@
 UCoFiA (Wang et al., ICCV 2023; METHODS §3) on the mini world: frame CLS + projected patch tokens of the frozen mini
 CLIP are precomputed once (`stages.extract_clip_features(output="tokens")`, the ``clip-tokens`` stage); each job
 trains the text tower, seqTransf, the patch selector and the ISA weights, then evaluates with the paper's test-time
-Sinkhorn normalisation per level over a bank of **training** captions (`pipelines.recipes.ucofia`). The recipe
+Sinkhorn normalisation per level over a bank of **training** captions (`recipes.ucofia`). The recipe
 also reports the un-normalised scores (``no_sinkhorn``) and each level of the model scored alone (``level-<name>``),
 so the Sinkhorn on/off comparison reads off the same run. Retrieval is reported on the whole test set and on the
 order-dependent subset (reversal twins, `reproduce_clip4clip.order_subsets`).
@@ -50,7 +50,7 @@ from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
 from models.config import load, merge, to_dict
 from pipelines import storage
-from pipelines.recipes.ucofia import UCoFiARecipeConfig
+from recipes.ucofia import UCoFiARecipeConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "models" / "ucofia" / "configs" / "mini-retrieval.yaml"
 PAPER = "ucofia"

@@ -67,7 +67,7 @@ def make_data(name: str, root: str, size: str, seed: int) -> dict[str, Any]:
 def pretrain_mini_clip(root: str, dataset: str, image_text: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The project's mini CLIP on the dataset's frame–caption pairs, registered in MLflow as ``mini-clip``."""
     from infra.training_job import TrainingJob, run_job
-    from pipelines.recipes.miniclip import MiniClipConfig
+    from recipes.miniclip import MiniClipConfig
 
     cfg = merge(MiniClipConfig(image_text=image_text), overrides)
     config = to_dict(cfg)

@@ -12,7 +12,7 @@ instead of starting over; a finished job returns its stored record at once. With
 ``<recipe>-<config hash>``: the same config is the same job. A different config under an existing name is an error,
 never a silent mix (`infra.ray_train.RunConflictError`).
 
-``--recipe`` is a key of `pipelines.recipes.RECIPES` or an importable ``package.module:function`` path (the workers
+``--recipe`` is a key of `recipes.RECIPES` or an importable ``package.module:function`` path (the workers
 import it too, so it must be installed on, or on the ``PYTHONPATH`` of, every node). The config is a YAML or JSON
 mapping (local path or fsspec URI) with ``--set key=value`` dotted overrides on top; the recipe is built once here,
 on the driver, so a bad key fails before any worker starts.
@@ -38,7 +38,7 @@ train_app = typer.Typer(
 
 def resolve_recipe(recipe: str) -> tuple[str, str]:
     """``--recipe`` → (job recipe key, ``module:function`` path). A registry key maps through `RECIPES`."""
-    from pipelines.recipes import RECIPES
+    from recipes import RECIPES
 
     if recipe in RECIPES:
         return recipe, RECIPES[recipe]
@@ -132,13 +132,13 @@ def train_run(
     """Train, evaluate, track and register one job; rerunning the same job resumes it or returns its record."""
     import ray
 
-    from flows.cli import emit
+    from flows.console import emit
     from infra.ray_train import load_recipe_fn
     from infra.settings import get_settings
     from infra.training_job import TrainingJob, run_job
     from models.config import config_hash
     from pipelines import storage
-    from pipelines.recipes import RECIPES
+    from recipes import RECIPES
 
     recipe_key, recipe_path = resolve_recipe(recipe)
     cfg = load_config(config, list(set_ or []))

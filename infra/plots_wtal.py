@@ -10,7 +10,7 @@ included (over-complete). Per video, four rows on a shared time axis (seconds):
    pseudo-label thresholds δ_h / δ_l dashed, and its confident foreground (top band) / background (bottom band);
 4. **detections** — the top detections of the evaluated branch, opacity by rank.
 
-Input: the ``timeline.json`` the DCC recipe exports (`pipelines.recipes.dcc._timeline`). Built with the
+Input: the ``timeline.json`` the DCC recipe exports (`recipes.dcc._timeline`). Built with the
 object-oriented API on an Agg canvas, never pyplot (see `infra.plots`); `Tracker.log_figure` saves it.
 """
 

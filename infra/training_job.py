@@ -34,7 +34,7 @@ from infra.registry import Registry
 from infra.settings import get_settings
 from infra.tracking import Tracker, run_guard
 from pipelines import shards, storage
-from pipelines.recipes import RECIPES
+from recipes import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class TrainingJob:
     paper: str  # MLflow experiment: one per paper ("clip4clip", "stan", ...)
     method: str  # registered model name ("clip4clip", "mini-clip", ...)
-    recipe: str  # key of `pipelines.recipes.RECIPES`, or an importable "package.module:function" recipe builder
+    recipe: str  # key of `recipes.RECIPES`, or an importable "package.module:function" recipe builder
     config: dict[str, Any]  # the recipe config, fully resolved (JSON-able)
     run_name: str  # the job key: Ray run name and MLflow run key
     root: str  # run root (Ray storage under <root>/ray, models under <root>/models)

@@ -29,7 +29,7 @@ Decisions and departures from the official code (each documented where it is imp
   `ContrastiveLoss` (and logit scale) of its own, whereas UCoFiA shares CLIP's ``ℓ`` between two levels and must not
   carry a seqTransf (or a scale) when the ablation drops the levels that use them.
 
-Representations (the evaluation API, concatenable along dim 0 by `pipelines.recipes.retrieval_data._cat`):
+Representations (the evaluation API, concatenable along dim 0 by `pipelines.datasets.retrieval_data._cat`):
 text ``{"sentence": (Q, D) unit, "words": (Q, L, D) unit, "word_mask": (Q, L)}`` and video ``{"video": (G, D) unit,
 "frames": (G, T, D) unit, "frame_mask": (G, T), "patches": (G, T·(1+K), D) unnormalised (official), "patch_mask"}`` —
 each only with the keys the configured levels read.

@@ -179,12 +179,12 @@ TOY_CONFIG = {"epochs": 6, "n_train": 1024, "batch_size": 16, "seed": 11}
 RUN_NAME = "toy-fault-relaunch"
 
 #: the job in a fresh interpreter; the toy recipe is registered for this process only (run_job looks recipes up in
-#: `pipelines.recipes.RECIPES`), Ray workers import it from the repository on PYTHONPATH
+#: `recipes.RECIPES`), Ray workers import it from the repository on PYTHONPATH
 JOB_SCRIPT = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from pipelines.recipes import RECIPES
+from recipes import RECIPES
 RECIPES["toy"] = "tests.infra.toy_recipe:build"
 from infra.training_job import TrainingJob, run_job
 out = run_job(TrainingJob(**json.loads(sys.argv[1])))

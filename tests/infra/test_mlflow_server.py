@@ -256,7 +256,7 @@ def test_registry_on_a_postgres_s3_mlflow_server_moves_champion_and_evaluation_l
 ) -> None:
     from infra.registry import Registry
     from infra.tracking import Tracker
-    from pipelines.recipes.miniclip import build
+    from recipes.miniclip import build
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
     for name in [k for k in os.environ if k.startswith("AWS_")] + ["MLFLOW_S3_ENDPOINT_URL"]:

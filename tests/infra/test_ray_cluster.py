@@ -59,12 +59,12 @@ import yaml
 from typer.testing import CliRunner
 
 import infra.training_job
-import pipelines.recipes
+import recipes
 from flows.train_cli import train_app
 from infra import settings
 from infra.ray_train import load_recipe_fn
 from models.config import config_hash
-from pipelines.recipes import RECIPES
+from recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -228,7 +228,7 @@ def captured_job(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]
         return {"run_name": job.run_name, "history": [{"epoch": 1.0}], "metrics": {"eval/mse": 0.5}, "reused": False}
 
     monkeypatch.setattr(infra.training_job, "run_job", fake_run_job)
-    monkeypatch.setattr(pipelines.recipes, "RECIPES", dict(pipelines.recipes.RECIPES))
+    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
     monkeypatch.setattr(settings, "_settings", None)  # re-read the environment below
     return calls
 
@@ -255,7 +255,7 @@ def test_train_run_builds_the_job_from_config_overrides_and_environment(tmp_path
         False,
     )
     # run_job resolves recipes through RECIPES: a dotted path is registered under itself for this process.
-    assert pipelines.recipes.RECIPES[RECIPE] == RECIPE
+    assert recipes.RECIPES[RECIPE] == RECIPE
     assert json.loads(result.output.strip().splitlines()[-1])["run_name"] == job.run_name
 
     # Explicit flags win over the environment; a RECIPES key keeps its name.

@@ -35,8 +35,8 @@ from models.ucofia import (
     sinkhorn_fuse,
 )
 from pipelines import shards
-from pipelines.recipes.ucofia import UCoFiARecipeConfig
-from pipelines.recipes.ucofia import build as build_recipe
+from recipes.ucofia import UCoFiARecipeConfig
+from recipes.ucofia import build as build_recipe
 
 TAU = 0.01
 B, T, N, D, S = 3, 4, 4, 32, 32  # tiny CLIP: embed 32, 4 patches of a 32 px frame

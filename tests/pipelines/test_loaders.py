@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipelines import loaders, shards
+from pipelines.datasets.retrieval_data import RetrievalData, RetrievalDataConfig
 from pipelines.loaders import EpochPlan, ShardIndex
-from pipelines.recipes.retrieval_data import RetrievalData, RetrievalDataConfig
 
 
 def _mixed_stage(root: Path) -> tuple[str, set[str], set[str]]:

@@ -260,7 +260,7 @@ def test_training_job_checkpoints_and_model_on_s3(ray_with_s3, tmp_path, monkeyp
     from infra.registry import Registry
     from infra.tracking import Tracker
     from infra.training_job import TrainingJob, run_job
-    from pipelines.recipes import RECIPES
+    from recipes import RECIPES
     from tests.infra.toy_recipe import build
 
     s3 = ray_with_s3

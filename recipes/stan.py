@@ -1,6 +1,6 @@
 """STAN training recipe: the `models.stan` network on retrieval shards (frames, or frozen-CLIP block outputs).
 
-Mirrors `pipelines/recipes/clip4clip.py` and reuses `retrieval_data` for batches and retrieval evaluation. STAN
+Mirrors `recipes/clip4clip.py` and reuses `retrieval_data` for batches and retrieval evaluation. STAN
 specifics (paper-code-notes §2.3):
 
 - optimiser defaults of the official MSR-VTT B/32 config: AdamW lr 2e-6 (CLIP; the branch ×10 via the model's
@@ -35,7 +35,7 @@ from models.stan import StanConfig, class_prompts, topk_accuracy
 from models.stan import build as build_model
 from models.stan.recognition import DEFAULT_PROMPT
 from pipelines import shards
-from pipelines.recipes.retrieval_data import (
+from pipelines.datasets.retrieval_data import (
     EvalSet,
     RetrievalData,
     RetrievalDataConfig,

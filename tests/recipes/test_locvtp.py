@@ -34,11 +34,11 @@ from pipelines.features.locvtp_clips import (
     iter_features,
     moment_clips,
 )
-from pipelines.recipes import RECIPES
-from pipelines.recipes import grounding as grounding_recipe
-from pipelines.recipes import locvtp as locvtp_recipe
-from pipelines.recipes.grounding import average_to_fixed_length
-from pipelines.recipes.locvtp import SEPARATOR, moment_retrieval, sentence_runs
+from recipes import RECIPES
+from recipes import grounding as grounding_recipe
+from recipes import locvtp as locvtp_recipe
+from recipes.grounding import average_to_fixed_length
+from recipes.locvtp import SEPARATOR, moment_retrieval, sentence_runs
 
 FPS = 8.0
 N, W, D = 4, 32, 32  # tiny CLIP: 2×2 patches, width 32, embed 32
@@ -227,7 +227,7 @@ def test_several_examples_per_video_share_a_batch(world: dict[str, Any]) -> None
 
 
 def test_one_epoch_trains_and_evaluates_moment_retrieval(world: dict[str, Any]) -> None:
-    assert RECIPES["locvtp"] == "pipelines.recipes.locvtp:build"
+    assert RECIPES["locvtp"] == "recipes.locvtp:build"
     recipe = locvtp_recipe.build(pretrain_config(world))
     _, history = fit_local(recipe)
     metrics = history[-1]
@@ -387,7 +387,7 @@ class Predictor(nn.Module):
 
 
 def test_grounding_evaluation_of_hand_made_predictors(world: dict[str, Any], clip_stage: str) -> None:
-    assert RECIPES["grounding"] == "pipelines.recipes.grounding:build"
+    assert RECIPES["grounding"] == "recipes.grounding:build"
     recipe = grounding_recipe.build(grounding_config(world, clip_stage))
     test = recipe.splits["test"]
     assert [q.video for q in test.queries] == [q.video for q in world["queries"] if q.video.startswith("v-test")]

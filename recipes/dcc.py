@@ -11,7 +11,7 @@ that resumes from its own Ray checkpoint restores those weights from the checkpo
 Schedule of one stage (the engine's `TrainConfig`, derived from the model config so it has one source of truth):
 epochs = ``model.stages.warmup_epochs`` for "warmup" / "vlp_warmup", ``model.stages.step_epochs`` for "B" / "F";
 global batch = ``model.stages.batch_size`` videos; optimiser = ``model.optim`` (paper: Adam, lr 1e-4); data =
-`pipelines.recipes.wtal_data` windows of ``model.window`` snippets.
+`pipelines.datasets.wtal_data` windows of ``model.window`` snippets.
 
 **Evaluation** (`evaluate_dcc`, on the test videos, whole): for each branch — CBP (the paper's inference branch), VLP
 and their average (the "fused" CAS the review reports for the only-B / only-F rows, `inference.fuse_probs`) —
@@ -54,7 +54,7 @@ from models.dcc.inference import fuse_probs, localize, pseudo_label_masks, pseud
 from models.dcc.losses import video_scores
 from models.engine.loop import Batch, TrainConfig
 from pipelines.datasets.wtal import write_predictions
-from pipelines.recipes.wtal_data import PHASE_CATEGORIES, EvalVideo, WTALData, WTALDataConfig
+from pipelines.datasets.wtal_data import PHASE_CATEGORIES, EvalVideo, WTALData, WTALDataConfig
 
 WARMUP_STAGES: frozenset[str] = frozenset({"warmup", "vlp_warmup"})
 BRANCHES: tuple[str, ...] = ("cbp", "vlp", "fused")

@@ -14,7 +14,7 @@ import torch
 from models.config import load
 from models.engine.loop import fit_local
 from pipelines import shards
-from pipelines.recipes.stan import StanRecipeConfig, build
+from recipes.stan import StanRecipeConfig, build
 
 K, N, W = 2, 4, 32  # tiny CLIP: 2 vision blocks, 2×2 patches, width 32
 CLASSES = ["left-then-up", "up-then-left", "down-then-right"]

@@ -13,7 +13,7 @@ from models.clip4clip import Clip4ClipConfig
 from models.clip4clip import build as build_model
 from models.config import build as build_config
 from models.engine.loop import Batch, TrainConfig
-from pipelines.recipes.retrieval_data import RetrievalData, RetrievalDataConfig, flatten, report, similarity_matrix
+from pipelines.datasets.retrieval_data import RetrievalData, RetrievalDataConfig, flatten, report, similarity_matrix
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ imports it by the dotted path in `RECIPES`, so workers rebuild recipes from plai
 from __future__ import annotations
 
 RECIPES: dict[str, str] = {
-    "miniclip": "pipelines.recipes.miniclip:build",
-    "clip4clip": "pipelines.recipes.clip4clip:build",
-    "stan": "pipelines.recipes.stan:build",
-    "ucofia": "pipelines.recipes.ucofia:build",
-    "dcc": "pipelines.recipes.dcc:build",
-    "locvtp": "pipelines.recipes.locvtp:build",
-    "grounding": "pipelines.recipes.grounding:build",
+    "miniclip": "recipes.miniclip:build",
+    "clip4clip": "recipes.clip4clip:build",
+    "stan": "recipes.stan:build",
+    "ucofia": "recipes.ucofia:build",
+    "dcc": "recipes.dcc:build",
+    "locvtp": "recipes.locvtp:build",
+    "grounding": "recipes.grounding:build",
 }

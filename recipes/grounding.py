@@ -45,7 +45,7 @@ from models.grounding import evaluate as grounding_evaluate
 from models.grounding.tan import GroundingHead
 from pipelines.datasets.grounding import GroundingQuery
 from pipelines.features.locvtp_clips import iter_features
-from pipelines.recipes.locvtp import read_queries
+from recipes.locvtp import read_queries
 
 
 @dataclass(frozen=True)

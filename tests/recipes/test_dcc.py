@@ -19,7 +19,7 @@ from models.dcc import DCC, DCCStage
 from models.engine.loop import fit_local
 from pipelines import shards
 from pipelines.datasets.wtal import read_predictions
-from pipelines.recipes.dcc import build, evaluate_dcc, flatten_report
+from recipes.dcc import build, evaluate_dcc, flatten_report
 
 CLASSES = ["red circle", "green triangle", "blue square"]
 D_I3D, D_CLIP, SNIPPET = 24, 32, 16  # DCCConfig.tiny(): I3D width 24, tiny CLIP embed 32

@@ -30,7 +30,7 @@ from models.config import build as build_config
 from models.engine.loop import Batch, TrainConfig
 from models.ucofia import UCoFiA, UCoFiAConfig, sinkhorn_fuse
 from models.ucofia import build as build_model
-from pipelines.recipes.retrieval_data import EvalSet, RetrievalData, RetrievalDataConfig, concat_reprs, flatten, report
+from pipelines.datasets.retrieval_data import EvalSet, RetrievalData, RetrievalDataConfig, concat_reprs, flatten, report
 
 Repr = dict[str, torch.Tensor]
 
