@@ -5,7 +5,7 @@ Methods: CLIP4Clip (meanP, seqTransf), STAN (self-attention and conv cross-frame
 schedule, `after_step`), on synthetic batches of the right shapes. Configurations:
 
 - ``tiny``: each method's ``Config.tiny()`` (random ``vlrepro-tiny`` CLIP, pixel input), batch 8 — the test config;
-- ``mini``: what the mini-world DAGs train (``models/<method>/configs/mini-retrieval.yaml``: frozen mini CLIP,
+- ``mini``: what the mini-world DAGs train (``recipes/configs/<method>/mini-retrieval.yaml``: frozen mini CLIP,
   input features / blocks / tokens, the YAML's batch and frames), random weights (cost does not depend on them);
 - ``vit-b32``: the paper setting, end to end from pixels: ``ViT-B-32-quickgelu`` with random weights
   (``pretrained=None``), 224 px, 12 frames, 32 words, batch 2 (2 × 12 = 24 frames per step; the papers use 128).
@@ -83,7 +83,9 @@ def _model_config(method: str, config: str) -> tuple[Any, Any, int, Callable[[An
     build_fn = builders[family]
     if config == "mini":
         recipe_cls: Any = {"clip4clip": Clip4ClipRecipeConfig, "stan": StanRecipeConfig, "ucofia": UCoFiARecipeConfig}
-        rc = load(recipe_cls[family], ROOT / "models" / family / "configs" / "mini-retrieval.yaml")
+        from recipes.spec import load_spec
+
+        rc = load(recipe_cls[family], overrides=load_spec(family, "mini-retrieval").base(family))
         mini_clip = {"model.clip.arch": "vlrepro-mini", "model.clip.pretrained": None}  # what the DAGs set
         rc = merge(rc, {**mini_clip, **{f"model.{k}": v for k, v in variant_overrides.items()}})
         return rc.model, rc.train, rc.train.batch_size, build_fn

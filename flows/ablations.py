@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from prefect import task
 
 from flows.runtime import is_transient
 from models.config import config_hash
+from recipes.spec import AblationRow
 
 #: metric columns every retrieval table carries: column → (report block, direction, metric)
 RETRIEVAL_COLUMNS: dict[str, tuple[str, str, str]] = {
@@ -39,14 +40,8 @@ RETRIEVAL_COLUMNS: dict[str, tuple[str, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row of an ablation table: `variant`'s job result, read from report `block` ("" = the main blocks)."""
-
-    group: str  # the ablation ("branch", "cross-frame", "levels", ...): rows of a group are compared
-    label: str  # what the row shows, as the paper's table names it
-    variant: str  # key of the paper's variants table
-    block: str = ""  # read the overall metrics from this report block instead (UCoFiA: "no_sinkhorn")
+#: one row of an ablation table (the spec's type: `recipes.spec.AblationRow`)
+Row = AblationRow
 
 
 def variant_job(

@@ -240,15 +240,35 @@ def reproduce_cmd(
 ) -> None:
     """Run a paper's whole DAG; finished stages are reused on rerun."""
     import importlib
-    import inspect
 
     from models.config import parse_overrides
     from pipelines import storage
+    from recipes.spec import SpecError, close_matches, load_spec
 
+    # everything a spec can answer is checked here, before the flow (and Prefect, torch, Ray) is imported
     if paper not in PAPERS:
-        raise typer.BadParameter(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}", param_hint="PAPER")
-    if size not in ("tiny", "small", "medium"):
-        raise typer.BadParameter(f"unknown size {size!r}", param_hint="--size")
+        hint = close_matches(paper, PAPERS)
+        raise typer.BadParameter(
+            f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}{hint}", param_hint="PAPER"
+        )
+    path, default_dataset = PAPERS[paper]
+    try:
+        spec = load_spec(paper, dataset or default_dataset)
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+    try:
+        spec.check_size(size)
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--size") from exc
+    if variant:
+        try:
+            spec.check_variants(list(variant))
+        except SpecError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--variant") from exc
+    if ablations and not spec.has_ablations:
+        raise typer.BadParameter(
+            f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
+        )
     if cpus_per_worker is not None:
         if not cpus_per_worker > 0:
             raise typer.BadParameter("must be a positive number of CPUs", param_hint="--cpus-per-worker")
@@ -261,7 +281,6 @@ def reproduce_cmd(
         from infra.settings import get_settings
 
         get_settings(reload=True)
-    path, default_dataset = PAPERS[paper]
     module, attr = path.split(":")
     flow_fn = getattr(importlib.import_module(module), attr)
     kwargs: dict[str, Any] = {
@@ -274,18 +293,8 @@ def reproduce_cmd(
     if set_:
         kwargs["overrides"] = parse_overrides(set_)
     if ablations:
-        if "ablations" not in inspect.signature(flow_fn.fn).parameters:
-            raise typer.BadParameter(
-                f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
-            )
         kwargs["ablations"] = True
     if variant:
-        if "variants" not in inspect.signature(flow_fn.fn).parameters:
-            raise typer.BadParameter(f"{paper} has no variants to choose from", param_hint="--variant")
-        known = list(getattr(importlib.import_module(module), "VARIANTS", {}))
-        unknown = [v for v in variant if v not in known]
-        if unknown:
-            raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(known)}", param_hint="--variant")
         kwargs["variants"] = list(variant)
     result = flow_fn(**kwargs)
     emit(result, as_json, _format_reproduce)

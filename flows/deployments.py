@@ -49,6 +49,7 @@ def recipe_config(
 
     from infra.ray_train import load_recipe_fn
     from models.config import merge_dict
+    from recipes.spec import job_base
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
@@ -57,6 +58,7 @@ def recipe_config(
         data = yaml.safe_load(storage.read_bytes(config)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{config}: the top level must be a mapping")
+        data = job_base(data, recipe)  # an experiment spec: its base config of this recipe's job
     merged = merge_dict(merge_dict(base or {}, data), overrides or {})
     load_recipe_fn(RECIPES[recipe])(merged)
     return merged

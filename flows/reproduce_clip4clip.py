@@ -19,63 +19,22 @@ from prefect import flow
 
 from flows import stages
 from flows.ingest import ingest_flow
-from models.config import load, merge, to_dict
+from models.config import build, merge, to_dict
 from pipelines import storage
 from recipes.clip4clip import Clip4ClipRecipeConfig
+from recipes.spec import load_spec
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "clip4clip" / "configs"
-
-#: per-variant overrides of the mini config; tightTransf scores every (text, video) pair of a batch with a cross
-#: encoder (O(B²) forwards), so its batch is 16 on CPU instead of 128, one pass per epoch, 2 epochs (2 × 108 = 216
-#: steps). Measured on the mini world: at batch 32 (216 steps) and at batch 16 for 432 or 540 steps it plateaus at the
-#: same place (t2v R@1 8–9 %, order subset 23–31 %), so more steps would buy nothing here (README, CLIP4Clip section).
-_TIGHT = {"model.head": "tightTransf", "train.batch_size": 16, "data.repeats_per_epoch": 1, "train.epochs": 2}
-VARIANTS: dict[str, dict[str, Any]] = {
-    "meanP": {"model.head": "meanP"},
-    "seqLSTM": {"model.head": "seqLSTM"},
-    "seqTransf": {"model.head": "seqTransf"},
-    "tightTransf": {**_TIGHT, "train.eval_every_epochs": 2},
-    # the same cross encoder over the text tower seqTransf adapted to video captions, frozen (`NEEDS`): the mini CLIP
-    # never read a motion word, and the plain head cannot teach them to its text tower through the cross encoder (at
-    # 216 steps a seqTransf at batch 16 cannot either: 13.7 % t2v R@1; the tight head does not at 648). In the paper
-    # real CLIP's text pre-training plays this part. Trainable (lr × 0.25) it first unlearns: 14.4 % after 216 steps.
-    "tightTransf-seqText": {**_TIGHT, "train.eval_every_epochs": 2, "model.freeze_text": True},
-    "meanP-1frame": {"model.head": "meanP", "model.max_frames": 1},
-    "seqTransf-1frame": {"model.head": "seqTransf", "model.max_frames": 1},
-}
-
+#: the experiment spec (recipes/configs/clip4clip/mini-retrieval.yaml): the mini base config, the heads (`VARIANTS`),
+#: the heads a plain run trains, the size overrides, and the claims; the names below are views of it
+SPEC = load_spec("clip4clip", "mini-retrieval")
+VARIANTS: dict[str, dict[str, Any]] = SPEC.variants
 #: variants that start from another variant's trained model: variant → (that variant, the config key that gets the
 #: path of its ``model.pt``). The path is known before training (``<root>/models/<run name>``), so the dependent job's
 #: config — and its cache key — digests its prerequisite's; `stages.train_together` starts it only after that job.
-NEEDS: dict[str, tuple[str, str]] = {"tightTransf-seqText": ("seqTransf", "model.text_init")}
-
-#: what a run without `variants` (and `make demo`) trains: every head except the plain tightTransf, which stays at
-#: chance beyond colour and shape on the mini world (README) and would push `make demo` past 20 minutes on 2 cores;
-#: run it with ``vlrepro reproduce clip4clip --variant tightTransf``
-DEFAULT_VARIANTS = ("meanP", "seqLSTM", "seqTransf", "tightTransf-seqText", "meanP-1frame", "seqTransf-1frame")
-
-#: the order jobs are handed to `stages.train_together` when heads train side by side: with two at a time and the
-#: measured costs (one thread each: seqTransf ≈ tightTransf > seqLSTM > 1-frame ≈ meanP) this pairs the two longest
-#: on different workers, puts seqTransf before the head that needs it and ends with the shortest; results are
-#: reported in `VARIANTS` order regardless
-SUBMIT_ORDER = (
-    "seqLSTM",
-    "seqTransf",
-    "meanP-1frame",
-    "tightTransf",
-    "tightTransf-seqText",
-    "seqTransf-1frame",
-    "meanP",
-)
-
-
-#: documented overrides per world size, applied after the head's own (`VARIANTS`): tiny (96 training clips) only
-#: proves the DAG end to end — one pass of one epoch at batch 16 (6 steps) for every head
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"train.batch_size": 16, "train.epochs": 1, "data.repeats_per_epoch": 1, "train.eval_every_epochs": 1},
-    "small": {},
-    "medium": {},
-}
+NEEDS: dict[str, tuple[str, str]] = {k: (v[0], v[1]) for k, v in SPEC.extra["needs"].items()}
+DEFAULT_VARIANTS: tuple[str, ...] = SPEC.default_variants
+SUBMIT_ORDER: tuple[str, ...] = tuple(SPEC.extra["submit_order"])
+SIZES: dict[str, dict[str, Any]] = {size: SPEC.size_overrides(size, "clip4clip") for size in SPEC.sizes}
 
 
 def with_prerequisites(variants: list[str]) -> list[str]:
@@ -107,7 +66,7 @@ def head_config(
     overrides: dict[str, Any],
     size: str = "small",
 ) -> dict[str, Any]:
-    cfg = load(Clip4ClipRecipeConfig, CONFIG_DIR / "mini-retrieval.yaml")
+    cfg = merge(build(Clip4ClipRecipeConfig), SPEC.base("clip4clip"))
     cfg = merge(
         cfg,
         {

@@ -40,7 +40,7 @@ reuse it. Only the main chain's final step is registered (model ``dcc``, champio
 The flow → I3D branch runs in Prefect's worker threads while the main thread trains the mini CLIP (a Ray job) and
 extracts the CLIP features, so the 2 cores stay busy during the single-threaded stages.
 
-**Budget** (`SIZES`, on top of ``models/dcc/configs/mini-wtal.yaml``): the default DAG on ``size="small"`` (16
+**Budget** (`SIZES`, on top of ``recipes/configs/dcc/mini-wtal.yaml``): the default DAG on ``size="small"`` (16
 training + 8 test videos of 30–40 s; ~21,000 TV-L1 pairs at ~0.011 s CPU each) should take ~10 minutes on 2 quiet
 CPU cores; ``ablations=True`` adds four step jobs (VLP warm-up, two F steps, one B step) — see `SIZES` for the step
 sizes and why.
@@ -69,60 +69,26 @@ from prefect.artifacts import create_table_artifact
 from flows import stages
 from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
-from models.config import build, config_hash, load, merge, to_dict
-from models.dcc import VARIANT_EVAL_BRANCH, DCCConfig, stage_schedule
+from models.config import build, config_hash, merge, to_dict
+from models.dcc import VARIANT_EVAL_BRANCH, stage_schedule
 from pipelines import shards, storage
 from pipelines.features.i3d import I3DFeatureConfig
 from pipelines.features.tvl1 import TVL1Config
 from recipes.dcc import DCCRecipeConfig
+from recipes.spec import load_spec
 
-CONFIG = Path(__file__).resolve().parents[1] / "models" / "dcc" / "configs" / "mini-wtal.yaml"
-PAPER = "dcc"
+#: the experiment spec (recipes/configs/dcc/mini-wtal.yaml): the mini DCC config, the per-size overrides of each
+#: job (``dcc``, ``i3d``, ``tvl1``; the mini CLIP's are its own spec, shared by every DAG), the ablation chains
+SPEC = load_spec("dcc", "mini-wtal")
+PAPER = SPEC.paper
 #: the registry's champion metric: THUMOS-style average mAP over tIoU 0.1:0.7 of the CBP branch (the paper infers
 #: from CBP); fractions
-METRIC = "cbp/AVG(0.1:0.7)"
-MAIN_VARIANT = "full"
+METRIC = SPEC.metric
+MAIN_VARIANT: str = SPEC.extra["main_variant"]
 #: ablation rows in the order of the paper's table
-ABLATIONS: tuple[str, ...] = ("cbp_only", "vlp_only", "only_f", "only_b", "full")
-
-#: documented overrides per world size: {"dcc" | "i3d" | "tvl1": {dotted key: value}}; the mini CLIP's are
-#: `stages.MINI_CLIP_SIZES`, shared by every DAG
+ABLATIONS: tuple[str, ...] = tuple(SPEC.extra["ablation_chains"])
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    # 3 training videos, 2 test: only proves the DAG end to end — one round (warm-up, B, F), one-epoch steps, the
-    # mini CLIP a handful of steps, TV-L1 at 16 px with a 2-level pyramid and few iterations (~10× cheaper).
-    "tiny": {
-        "dcc": {
-            "model.stages.rounds": 1,
-            "model.stages.warmup_epochs": 2,
-            "model.stages.step_epochs": 1,
-            "model.stages.batch_size": 3,
-            "model.cbp.width": 32,
-            "model.cbp.heads": 2,
-        },
-        "i3d": {},
-        "tvl1": {"flow_size": 16, "nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5},
-    },
-    # 16 training videos = 2 steps per pass at batch 8. An epoch (one Ray checkpoint) is 10 passes = 20 steps:
-    # warm-up 12 epochs = 240 steps (MIL converges on 16 videos), each B / F step 2 epochs = 40 steps; 2 rounds.
-    "small": {
-        "dcc": {
-            "data.repeats_per_epoch": 10,
-            "model.stages.warmup_epochs": 12,
-            "model.stages.step_epochs": 2,
-        },
-        "i3d": {},
-        "tvl1": {},
-    },
-    # 48 training videos = 6 steps per pass: an epoch = 4 passes = 24 steps; warm-up 10 epochs, steps 2 epochs.
-    "medium": {
-        "dcc": {
-            "data.repeats_per_epoch": 4,
-            "model.stages.warmup_epochs": 10,
-            "model.stages.step_epochs": 2,
-        },
-        "i3d": {},
-        "tvl1": {},
-    },
+    size: {job: SPEC.size_overrides(size, job) for job in ("dcc", "i3d", "tvl1")} for size in SPEC.sizes
 }
 OVERRIDE_PREFIXES = ("dcc", "miniclip", "i3d", "tvl1")
 
@@ -324,7 +290,7 @@ def base_config(
     user: dict[str, Any],
 ) -> dict[str, Any]:
     """The mini YAML, the stage URIs, the I3D width, the mini CLIP checkpoint, then size and user overrides."""
-    cfg = DCCRecipeConfig(model=load(DCCConfig, CONFIG))
+    cfg = merge(build(DCCRecipeConfig), SPEC.base("dcc"))
     cfg = merge(
         cfg,
         {

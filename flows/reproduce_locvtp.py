@@ -21,7 +21,7 @@ Stages and jobs (each reused on rerun: Prefect's persisted results, and each sta
 | 2D-TAN head on each | `stages.train` (recipe ``grounding``) | ``locvtp-grounding`` / ``clip-grounding`` models |
 | retrieval transfer, summary | `retrieval_transfer`, `log_summary` | MLflow summary run with the tables |
 
-**Size choices** (`SIZES`, on top of ``models/locvtp/configs/mini-grounding.yaml``) and why — budget: the default
+**Size choices** (`SIZES`, on top of ``recipes/configs/locvtp/mini-grounding.yaml``) and why — budget: the default
 DAG on ``size="small"`` in ~10 minutes on 2 quiet CPU cores, most of it the mini CLIP (600 steps) and LocVTP:
 
 - ``input: tokens``: the frozen prefix is computed once (`prefix_tokens`), not at every step;
@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, task
 
 from flows import stages
@@ -51,44 +50,24 @@ from models.config import build, config_hash, merge, to_dict
 from pipelines import storage
 from recipes.grounding import GroundingRecipeConfig
 from recipes.locvtp import LocVTPRecipeConfig
+from recipes.spec import load_spec
 
-CONFIG = Path(__file__).resolve().parents[1] / "models" / "locvtp" / "configs" / "mini-grounding.yaml"
-PAPER = "locvtp"
-PRETRAIN_METRIC = "t2v/R@1"
-GROUNDING_METRIC = "R@1,IoU@0.5"
-
-#: documented overrides of the mini YAML per world size: {"pretrain" | "grounding": {dotted key: value}}; the mini
-#: CLIP's are `stages.MINI_CLIP_SIZES`, shared by every DAG
+#: the experiment spec (recipes/configs/locvtp/mini-grounding.yaml): the pre-training and grounding base configs, the
+#: per-size overrides of each job (the mini CLIP's are its own spec, shared by every DAG), the ablations
+SPEC = load_spec("locvtp", "mini-grounding")
+PAPER = SPEC.paper
+PRETRAIN_METRIC = SPEC.metric
+GROUNDING_METRIC: str = SPEC.extra["grounding_metric"]
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    # 4 training videos: batch 4 (1 step per pass), 2 passes; the head sees 8 clips; the mini CLIP 6 steps
-    "tiny": {
-        "pretrain": {"train.epochs": 1, "train.batch_size": 4, "data.repeats_per_epoch": 2},
-        "grounding": {"train.epochs": 2, "train.batch_size": 8, "model.num_clips": 8, "model.map_layers": 2},
-    },
-    # 96 training videos = 6 steps per pass at batch 16: 4 passes per epoch × 5 epochs = 120 steps (~1.6 s CPU each)
-    "small": {
-        "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 4, "train.eval_every_epochs": 5},
-        "grounding": {},
-    },
-    # 192 training videos = 12 steps per pass: 2 passes × 5 epochs = 120 steps
-    "medium": {
-        "pretrain": {"train.epochs": 5, "data.repeats_per_epoch": 2, "train.eval_every_epochs": 5},
-        "grounding": {},
-    },
+    size: {job: SPEC.size_overrides(size, job) for job in ("pretrain", "grounding")} for size in SPEC.sizes
 }
-
-#: ablations of METHODS §5 as pre-training overrides; "full" (the paper's method) is the main run
+#: ablations of METHODS §5 as pre-training overrides: name → (group, overrides); "full" (the paper's method) is the
+#: main run
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lc": ("losses", {"model.fine_weight": 0.0, "model.temporal_weight": 0.0}),
-    "lc-lf": ("losses", {"model.temporal_weight": 0.0}),
-    "word-topk": ("positives", {"model.positives": "word_topk"}),
-    "random": ("positives", {"model.positives": "random"}),
-    "k1": ("top_k", {"model.top_k": 1}),
-    "k5": ("top_k", {"model.top_k": 5}),
-    "intra-modal": ("warp_target", {"model.warp_target": "intra_modal"}),
+    name: (a["group"], dict(a["overrides"])) for name, a in SPEC.extra["ablations"].items()
 }
 #: where the main run sits in each ablation group
-FULL_IN_GROUP = {"losses": "lc-lf-lt", "positives": "clip-topk", "top_k": "k3", "warp_target": "cross-modal"}
+FULL_IN_GROUP: dict[str, str] = SPEC.extra["full_in_group"]
 
 OVERRIDE_PREFIXES = ("pretrain", "grounding", "miniclip")
 
@@ -177,9 +156,13 @@ def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any
 
 
 def _yaml() -> dict[str, Any]:
-    data = yaml.safe_load(CONFIG.read_text())
-    assert isinstance(data, dict)
-    return data
+    pretrain, grounding = SPEC.base("pretrain"), SPEC.base("grounding")
+    return {
+        "model": pretrain["model"],
+        "train": pretrain["train"],
+        "grounding": grounding["model"],
+        "grounding_train": grounding["train"],
+    }
 
 
 def pretrain_config(

@@ -17,7 +17,7 @@ shared with the CLIP4Clip and UCoFiA DAGs on the same root and dataset key):
 | one STAN job per variant | `stages.train` (recipe ``stan``) | ``stan`` model (main variant), metric ``t2v/R@1`` |
 | ablation table (``ablations=True``) | `flows.ablations.log_table` | MLflow summary run in experiment ``stan`` |
 
-**Variants** (`VARIANTS`, overrides of ``models/stan/configs/mini-retrieval.yaml``): the main run is ``stan`` (the
+**Variants** (`VARIANTS`, overrides of ``recipes/configs/stan/mini-retrieval.yaml``): the main run is ``stan`` (the
 branch on the last K = 2 blocks with the self-attention cross-frame module, the official release); the ablation
 table (paper Table 6 and §4.4) adds the CLIP baseline, the posterior-only branch, STAN without the cross-frame module
 and STAN with the 3D-conv cross-frame module. Only the main variant is registered as a ``stan`` model version (an
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -50,46 +49,21 @@ from flows.ablations import Row, build_table, log_table, run_variants, variant_j
 from flows.ingest import ingest_flow
 from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
-from models.config import load, merge, to_dict
+from models.config import build, merge, to_dict
 from pipelines import storage
+from recipes.spec import load_spec
 from recipes.stan import StanRecipeConfig
 
-CONFIG = Path(__file__).resolve().parents[1] / "models" / "stan" / "configs" / "mini-retrieval.yaml"
-PAPER = "stan"
-METRIC = "t2v/R@1"
-MAIN = "stan"
-
-#: variant → overrides of the mini YAML (StanConfig: `variant` stan | posterior | baseline, `cross_frame`)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "stan": {"model.variant": "stan", "model.cross_frame": "attention"},
-    "stan-conv": {"model.variant": "stan", "model.cross_frame": "conv"},
-    "stan-no-cross-frame": {"model.variant": "stan", "model.cross_frame": "none"},
-    "posterior": {"model.variant": "posterior", "model.cross_frame": "attention"},
-    "baseline": {"model.variant": "baseline"},
-}
-
-#: the paper's ablations as rows (group, label, variant); the full method is the reference row of each group
-ROWS: tuple[Row, ...] = (
-    Row("branch", "CLIP baseline (mean of frame embeddings)", "baseline"),
-    Row("branch", "posterior STAN (after the last block)", "posterior"),
-    Row("branch", "STAN branch on the last K blocks (full)", "stan"),
-    Row("cross-frame", "w/o cross-frame module", "stan-no-cross-frame"),
-    Row("cross-frame", "self-attention (full)", "stan"),
-    Row("cross-frame", "3D conv (Down, 3×1×1, Up)", "stan-conv"),
-)
-
-#: what the paper reports for each group (METHODS §2, paper Table 6 / §4.4)
-CLAIMS: dict[str, str] = {
-    "branch": "STAN > posterior-only > baseline (paper Table 6)",
-    "cross-frame": "the cross-frame module helps; the conv variant is better on small data, self-attention on large",
-}
-
-#: documented overrides of the mini YAML per world size (see the module docstring)
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"train.epochs": 1, "train.batch_size": 16, "train.eval_every_epochs": 1},
-    "small": {},
-    "medium": {"train.epochs": 3, "train.eval_every_epochs": 3},
-}
+#: the experiment spec (recipes/configs/stan/mini-retrieval.yaml): the mini base config, the variants, the paper's
+#: ablation rows and claims, the size overrides; the names below are views of it
+SPEC = load_spec("stan", "mini-retrieval")
+PAPER = SPEC.paper
+METRIC = SPEC.metric
+MAIN = SPEC.main
+VARIANTS: dict[str, dict[str, Any]] = SPEC.variants
+ROWS: tuple[Row, ...] = SPEC.ablations
+CLAIMS: dict[str, str] = SPEC.claims
+SIZES: dict[str, dict[str, Any]] = {size: SPEC.size_overrides(size, PAPER) for size in SPEC.sizes}
 
 
 def stan_config(
@@ -101,7 +75,7 @@ def stan_config(
     stage: str = "",
 ) -> dict[str, Any]:
     """The mini YAML + the mini CLIP + the features stage and eval subsets, then size, variant and user overrides."""
-    cfg = load(StanRecipeConfig, CONFIG)
+    cfg = merge(build(StanRecipeConfig), SPEC.base(PAPER))
     cfg = merge(
         cfg,
         {
@@ -140,9 +114,11 @@ def reproduce_stan(
     num_workers: int = 1,
     ablations: bool = False,
     clip_overrides: dict[str, Any] | None = None,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the STAN DAG (main variant; with `ablations` the whole table). `overrides` (the CLI's ``--set``) apply to
-    every STAN job; `clip_overrides` go on top of the mini CLIP's size defaults (`stages.MINI_CLIP_SIZES`)."""
+    """Run the STAN DAG: the main variant, or `variants`; with `ablations` the whole table. `overrides` (the
+    CLI's ``--set``) apply to every STAN job; `clip_overrides` go on top of the mini CLIP's size defaults
+    (`stages.MINI_CLIP_SIZES`)."""
     start = time.monotonic()
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
@@ -155,7 +131,8 @@ def reproduce_stan(
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
     clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides))
     subsets = order_subsets(world["annotations"])
-    chosen = list(VARIANTS) if ablations else [MAIN]
+    # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
+    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
     user = overrides or {}
     # K = the deepest branch any chosen variant reads (the mini CLIP has 4 vision blocks; the mini YAML uses 2)
     depth = max(stan_config(clip, subsets, size, v, user)["model"]["depth"] for v in chosen)

@@ -18,7 +18,7 @@ Stages (each reused on rerun and shared with the CLIP4Clip and STAN DAGs on the 
 | one UCoFiA job per variant | `stages.train` (recipe ``ucofia``) | ``ucofia`` model (main variant), ``t2v/R@1`` |
 | ablation table (``ablations=True``) | `flows.ablations.log_table` | MLflow summary run in experiment ``ucofia`` |
 
-**Variants** (`VARIANTS`, overrides of ``models/ucofia/configs/mini-retrieval.yaml``): the main run ``ucofia`` uses
+**Variants** (`VARIANTS`, overrides of ``recipes/configs/ucofia/mini-retrieval.yaml``): the main run ``ucofia`` uses
 all three levels, ISA and Sinkhorn; the ablation table trains each level alone and the mean-pool and softmax
 aggregations, and reads Sinkhorn off from the main run's ``no_sinkhorn`` block. Rows "levels (one model)" score
 each level of the *main* model alone (no retraining, un-normalised) — not a paper ablation, a diagnostic. Only the
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -48,54 +47,22 @@ from flows.ablations import Row, build_table, log_table, run_variants, variant_j
 from flows.ingest import ingest_flow
 from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
-from models.config import load, merge, to_dict
+from models.config import build, merge, to_dict
 from pipelines import storage
+from recipes.spec import load_spec
 from recipes.ucofia import UCoFiARecipeConfig
 
-CONFIG = Path(__file__).resolve().parents[1] / "models" / "ucofia" / "configs" / "mini-retrieval.yaml"
-PAPER = "ucofia"
-METRIC = "t2v/R@1"
-MAIN = "ucofia"
+#: the experiment spec (recipes/configs/ucofia/mini-retrieval.yaml): the mini base config, the variants, the paper's
+#: ablation rows and claims, the size overrides; the names below are views of it
+SPEC = load_spec("ucofia", "mini-retrieval")
+PAPER = SPEC.paper
+METRIC = SPEC.metric
+MAIN = SPEC.main
 LEVEL_NAMES = ("video_sentence", "sentence_frame", "patch_word")
-
-#: variant → overrides of the mini YAML (UCoFiAConfig: `levels`, `aggregation` isa | softmax | mean, `sinkhorn`)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "ucofia": {},
-    "video-sentence": {"model.levels": ["video_sentence"]},
-    "sentence-frame": {"model.levels": ["sentence_frame"]},
-    "patch-word": {"model.levels": ["patch_word"]},
-    "mean-pool": {"model.aggregation": "mean"},
-    "softmax": {"model.aggregation": "softmax"},
-}
-
-#: the paper's ablations as rows; "sinkhorn" reads the main run's un-normalised block, "levels (one model)" the
-#: main model's levels scored alone
-ROWS: tuple[Row, ...] = (
-    Row("levels", "video–sentence only", "video-sentence"),
-    Row("levels", "sentence–frame only", "sentence-frame"),
-    Row("levels", "patch–word only", "patch-word"),
-    Row("levels", "all three (full)", "ucofia"),
-    Row("aggregation", "mean pooling", "mean-pool"),
-    Row("aggregation", "softmax (AOSM, no outer softmax)", "softmax"),
-    Row("aggregation", "ISA (full)", "ucofia"),
-    Row("sinkhorn", "no normalisation", "ucofia", block="no_sinkhorn"),
-    Row("sinkhorn", "Sinkhorn, training-caption bank (full)", "ucofia"),
-    *(Row("levels (one model)", f"{name} of the full model", "ucofia", block=f"level-{name}") for name in LEVEL_NAMES),
-)
-
-CLAIMS: dict[str, str] = {
-    "levels": "all three levels > any single level",
-    "aggregation": "ISA > mean pooling and softmax aggregation",
-    "sinkhorn": "Sinkhorn normalisation > no normalisation",
-    "levels (one model)": "diagnostic, not in the paper: each level of the trained full model scored alone",
-}
-
-#: documented overrides of the mini YAML per world size (see the module docstring)
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"train.epochs": 1, "train.batch_size": 16, "train.eval_every_epochs": 1, "model.topk_samples": 64},
-    "small": {},
-    "medium": {"train.epochs": 4, "train.eval_every_epochs": 4},
-}
+VARIANTS: dict[str, dict[str, Any]] = SPEC.variants
+ROWS: tuple[Row, ...] = SPEC.ablations
+CLAIMS: dict[str, str] = SPEC.claims
+SIZES: dict[str, dict[str, Any]] = {size: SPEC.size_overrides(size, PAPER) for size in SPEC.sizes}
 
 
 def ucofia_config(
@@ -107,7 +74,7 @@ def ucofia_config(
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """The mini YAML + the mini CLIP + the tokens stage and eval subsets, then size, variant and user overrides."""
-    cfg = load(UCoFiARecipeConfig, CONFIG)
+    cfg = merge(build(UCoFiARecipeConfig), SPEC.base(PAPER))
     cfg = merge(
         cfg,
         {
@@ -153,9 +120,11 @@ def reproduce_ucofia(
     num_workers: int = 1,
     ablations: bool = False,
     clip_overrides: dict[str, Any] | None = None,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the UCoFiA DAG (main variant; with `ablations` the whole table). `overrides` (the CLI's ``--set``) apply
-    to every UCoFiA job; `clip_overrides` go on top of the mini CLIP's size defaults (`stages.MINI_CLIP_SIZES`)."""
+    """Run the UCoFiA DAG: the main variant, or `variants`; with `ablations` the whole table. `overrides` (the
+    CLI's ``--set``) apply to every UCoFiA job; `clip_overrides` go on top of the mini CLIP's size defaults
+    (`stages.MINI_CLIP_SIZES`)."""
     start = time.monotonic()
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
@@ -180,7 +149,9 @@ def reproduce_ucofia(
         main = variant == MAIN  # only the method itself becomes a registered version
         return variant_job(PAPER, PAPER, "ucofia", variant, key, config, root, stage, num_workers, register=main)
 
-    results = run_variants(list(VARIANTS) if ablations else [MAIN], make_job, t["train"])
+    # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
+    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
+    results = run_variants(chosen, make_job, t["train"])
     out: dict[str, Any] = {
         "paper": PAPER,
         "dataset": key,

@@ -22,25 +22,16 @@ from flows.runtime import cached_task, is_transient
 from models.common.clip import ClipConfig
 from models.config import config_hash, merge, to_dict
 from pipelines import storage
+from recipes.spec import load_spec
 
+#: the mini CLIP every mini-world DAG pre-trains, one spec (recipes/configs/mini-clip/mini-world.yaml) for all of them,
+#: so one run name (the config's hash) always means one model, whichever paper trained it first
+MINI_CLIP = load_spec("mini-clip", "mini-world")
 #: ingest settings of the mini datasets (frame rate by timestamp, 64 px frames = the mini CLIP's input)
-MINI_INGEST: dict[str, dict[str, Any]] = {
-    "mini-retrieval": {"fps": 4.0, "size": 64, "crop": 64, "samples_per_shard": 128},  # 3 s clips → 12 frames
-    "mini-wtal": {"fps": 25.0, "size": 64, "crop": 64, "samples_per_shard": 4},  # W-TAL protocol: 25 fps
-    "mini-grounding": {"fps": 8.0, "size": 64, "crop": 64, "samples_per_shard": 16},
-}
-
-
-#: the mini CLIP per world size — the one table every paper's DAG uses (on top of `MiniClipConfig`'s defaults), so
-#: one run name (the config's hash) always means one model, whichever paper trained it first. Tiny: a handful of
-#: steps, only proves the DAG. Small: 2 × 100 steps at batch 128 — measured on mini-retrieval small, frame → caption
-#: R@1 97.8 % (97.5 % with seed 1) against 99.5 % at 300 steps and 92.1 % at 3 × 50, and every CLIP4Clip claim holds
-#: on its features (README); a third of the recipe's 600 steps, which keeps `make demo` under 8 minutes. Medium: the
-#: full recipe (`MiniClipConfig`, 6 × 100).
+MINI_INGEST: dict[str, dict[str, Any]] = MINI_CLIP.extra["ingest"]
+#: the mini CLIP's overrides per world size (see the spec for the measurements behind them)
 MINI_CLIP_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"steps_per_epoch": 6, "train.epochs": 1, "train.batch_size": 32, "eval_max": 64},
-    "small": {"train.epochs": 2},
-    "medium": {},
+    size: MINI_CLIP.size_overrides(size, "miniclip") for size in MINI_CLIP.sizes
 }
 
 

@@ -58,12 +58,14 @@ def default_name(recipe_key: str) -> str:
     return module.rsplit(".", 1)[-1].replace("_", "-")
 
 
-def load_config(uri: str | None, overrides: list[str]) -> dict[str, Any]:
-    """The recipe config: a YAML/JSON mapping (local path or URI) with dotted ``key=value`` overrides merged in."""
+def load_config(uri: str | None, overrides: list[str], recipe: str | None = None) -> dict[str, Any]:
+    """The recipe config: a YAML/JSON mapping (local path or URI; an experiment spec gives its `recipe` job's base,
+    `recipes.spec.job_base`) with dotted ``key=value`` overrides merged in."""
     import yaml
 
     from models.config import ConfigError, merge_dict, parse_overrides
     from pipelines import storage
+    from recipes.spec import SpecError, job_base
 
     data: Any = {}
     if uri is not None:
@@ -75,6 +77,10 @@ def load_config(uri: str | None, overrides: list[str]) -> dict[str, Any]:
             raise typer.BadParameter(f"{uri} is not valid YAML/JSON ({exc})", param_hint="--config") from exc
         if not isinstance(data, Mapping):
             raise typer.BadParameter(f"{uri}: the top level must be a mapping", param_hint="--config")
+        try:
+            data = job_base(data, recipe)
+        except SpecError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from exc
     try:
         # the recipe's config class is only known to the recipe, which validates the result strictly when it builds
         return merge_dict(data, parse_overrides(overrides))
@@ -141,7 +147,7 @@ def train_run(
     from recipes import RECIPES
 
     recipe_key, recipe_path = resolve_recipe(recipe)
-    cfg = load_config(config, list(set_ or []))
+    cfg = load_config(config, list(set_ or []), recipe_key)
     try:
         build = load_recipe_fn(recipe_path)
     except (ImportError, ValueError) as exc:

@@ -79,7 +79,7 @@ class LocVTPDataConfig:
 
 
 def _pretrain() -> TrainConfig:
-    # the mini config's values (models/locvtp/configs/mini-grounding.yaml)
+    # the mini config's values (recipes/configs/locvtp/mini-grounding.yaml)
     return TrainConfig(
         epochs=10, batch_size=16, seed=42, optim=OptimConfig(lr=1e-3, weight_decay=0.2, warmup_fraction=0.1)
     )

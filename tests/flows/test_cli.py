@@ -63,7 +63,12 @@ def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
         (["reproduce", "clip4clip", "--cpus-per-worker", "0"], "positive number of CPUs"),
         (["reproduce", "clip4clip", "--parallel-jobs", "0"], "at least 1"),
         (["reproduce", "clip4clip", "--variant", "tightTransf", "--variant", "bigTransf"], "unknown ['bigTransf']"),
-        (["reproduce", "stan", "--variant", "stan"], "has no variants"),
+        (["reproduce", "dcc", "--variant", "full"], "has no variants"),
+        (["reproduce", "stan", "--variant", "stan-convv"], "did you mean 'stan-conv'"),
+        (["reproduce", "stann"], "did you mean 'stan'"),
+        (["reproduce", "stan", "--dataset", "msrvtt"], "no spec for dataset 'msrvtt'"),
+        (["reproduce", "clip4clip", "--ablations"], "has no ablation table"),
+        (["reproduce", "dcc", "--size", "huge"], "unknown size 'huge'"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, needle):

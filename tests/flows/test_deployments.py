@@ -106,12 +106,12 @@ def test_stage_flows_merge_config_files_and_overrides_like_the_train_cli_and_che
     from flows.train_cli import load_config
     from models.config import ConfigError
 
-    yaml_path = str(REPO / "models" / "clip4clip" / "configs" / "mini-retrieval.yaml")
+    yaml_path = str(REPO / "recipes" / "configs" / "clip4clip" / "mini-retrieval.yaml")  # a spec: its job's base
     cfg = recipe_config("clip4clip", yaml_path, {"train.epochs": 2, "model.head": "seqTransf"})
     assert cfg["train"]["epochs"] == 2 and cfg["model"]["head"] == "seqTransf"
     assert cfg["train"]["batch_size"] == 128 and cfg["model"]["input"] == "features"  # from the YAML
     # the `train` deployment and `vlrepro train run --config ... --set ...` give one config, hence one run name
-    assert cfg == load_config(yaml_path, ["train.epochs=2", "model.head=seqTransf"])
+    assert cfg == load_config(yaml_path, ["train.epochs=2", "model.head=seqTransf"], "clip4clip")
     stored = recipe_config("clip4clip", None, {"train.seed": 3}, base=cfg)  # `evaluate`: a job's config + overrides
     assert stored["train"] == {**cfg["train"], "seed": 3} and stored["model"] == cfg["model"]
     with pytest.raises(ConfigError, match="epochz"):

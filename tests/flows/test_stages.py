@@ -157,8 +157,8 @@ def test_clip4clip_prerequisites_are_added_and_submitted_first():
 
 
 def test_one_mini_clip_size_table_for_every_dag() -> None:
-    """`--size tiny` means the same (tiny) mini CLIP whichever paper runs: the sizes live in one table, and no flow
-    module keeps mini-CLIP budgets of its own."""
+    """`--size tiny` means the same (tiny) mini CLIP whichever paper runs: the sizes live in one spec
+    (recipes/configs/mini-clip/mini-world.yaml), and no flow module keeps mini-CLIP budgets of its own."""
     from pathlib import Path
 
     from flows import stages
@@ -170,4 +170,5 @@ def test_one_mini_clip_size_table_for_every_dag() -> None:
         stages.mini_clip_overrides("huge")
     flows_dir = Path(stages.__file__).parent
     owners = [p.name for p in flows_dir.glob("*.py") if "steps_per_epoch" in p.read_text()]
-    assert owners == ["stages.py"], owners
+    assert owners == [], owners
+    assert stages.MINI_CLIP.size_overrides("tiny", "miniclip") == stages.mini_clip_overrides("tiny")

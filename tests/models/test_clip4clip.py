@@ -447,13 +447,11 @@ def test_the_mini_configs_max_words_fits_every_mini_world_caption() -> None:
     would lose its EOT's meaning). Every template × colour × shape × direction pair, tokenised with SOT/EOT."""
     import itertools
 
-    import yaml
-
     from models.common.clip import tokenize
     from pipelines.miniworld.vocab import COLOURS, DIRECTIONS, RETRIEVAL_TEMPLATES, SHAPES, fill
+    from recipes.spec import load_spec
 
-    config = Path(__file__).resolve().parents[2] / "models/clip4clip/configs/mini-retrieval.yaml"
-    max_words = yaml.safe_load(config.read_text())["model"]["max_words"]
+    max_words = load_spec("clip4clip", "mini-retrieval").base("clip4clip")["model"]["max_words"]
     captions = [
         fill(t, c, s, a, b)
         for t, c, s, (a, b) in itertools.product(

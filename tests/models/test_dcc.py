@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +31,13 @@ from models.engine.optim import build_optimizer, param_groups
 CLASSES = ("red circle", "green triangle", "blue square")
 B, T, D_IN, D_CLIP = 2, 12, 24, 32  # tiny config: I3D width 24, tiny CLIP embed 32
 LENGTHS = (12, 9)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "models" / "dcc" / "configs"
+
+
+def mini_config() -> DCCConfig:
+    """The DCC config of the mini-wtal experiment spec (its dcc job's ``model`` section)."""
+    from recipes.spec import load_spec
+
+    return load(DCCConfig, overrides=load_spec("dcc", "mini-wtal").base("dcc")["model"])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -406,7 +411,7 @@ def test_prompt_length_is_validated_against_the_text_context() -> None:
 
 
 def test_mini_config_fits_the_mini_clip_and_the_paper_prompts_do_not() -> None:
-    cfg = load(DCCConfig, CONFIG_DIR / "mini-wtal.yaml")
+    cfg = mini_config()
     assert cfg.vlp.clip.arch == "vlrepro-mini" and cfg.window <= cfg.vlp.max_snippets
     names = ["red circle", "green triangle", "blue square", "yellow circle", "purple triangle"]
     cfg = dataclasses.replace(cfg, vlp=dataclasses.replace(cfg.vlp, layers=1))  # build cost only
@@ -485,7 +490,7 @@ def test_config_checks_and_schedules() -> None:
     assert (paper.inference.class_threshold, paper.inference.loc_thresholds, paper.optim.lr) == (0.85, (0.45,), 1e-4)
     assert (paper.vlp.prefix_length, paper.vlp.postfix_length, paper.vlp.layers, paper.window) == (16, 16, 2, 1000)
     assert paper.vlp.clip == ClipConfig(arch="ViT-B-16-quickgelu", pretrained="openai")
-    assert paper.cbp.attention_window is None and load(DCCConfig, CONFIG_DIR / "mini-wtal.yaml").cbp.attention_window
+    assert paper.cbp.attention_window is None and mini_config().cbp.attention_window
     assert stage_schedule("full", 2) == ("warmup", "B", "F", "B", "F")
     assert stage_schedule("only_b", 2) == ("warmup", "B", "B")
     assert stage_schedule("only_f", 1) == ("warmup", "F")

@@ -42,7 +42,6 @@ TAU = 0.01
 B, T, N, D, S = 3, 4, 4, 32, 32  # tiny CLIP: embed 32, 4 patches of a 32 px frame
 CAPTIONS = ["a red ball moves left", "a blue cube", "a green star spins round and round the yard"]
 LENGTHS = (4, 2, 3)  # valid frames per video
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "models" / "ucofia" / "configs"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -380,7 +379,9 @@ def test_config_checks() -> None:
     assert swapped.levels == ("patch_word", "video_sentence")
     with pytest.raises(ConfigError, match="topk"):
         build(dataclasses.replace(UCoFiAConfig.tiny(), topk=5))  # the tiny CLIP has 4 patches per frame
-    mini = load(UCoFiARecipeConfig, CONFIG_DIR / "mini-retrieval.yaml")
+    from recipes.spec import load_spec
+
+    mini = load(UCoFiARecipeConfig, overrides=load_spec("ucofia", "mini-retrieval").base("ucofia"))
     assert mini.model.input == "tokens" and mini.train.batch_size == 64 and mini.model.levels == LEVELS
 
 
