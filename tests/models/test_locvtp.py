@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from models.common.clip import ClipConfig
 from models.config import ConfigError
@@ -36,7 +34,6 @@ B, T, F_, S = 3, 4, 2, 32  # tiny CLIP: 32 px, 2 frames per clip
 CAPTIONS = ["a red ball moves left then up", "blue cube", "the green star spins slowly to the right"]
 CLIP_MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 1, 1]], dtype=torch.bool)  # video 2: a hole
 TAU = 0.07
-CONFIG_YAML = Path(__file__).parents[2] / "models" / "locvtp" / "configs" / "mini-grounding.yaml"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -446,10 +443,12 @@ def test_config_checks() -> None:
         model.encode_clips(torch.zeros(1, 1, 3, 3, S, S), torch.ones(1, 1, dtype=torch.bool))
 
 
-def test_mini_grounding_yaml_builds() -> None:
-    data = yaml.safe_load(CONFIG_YAML.read_text())
-    model = build_config(LocVTPConfig, data["model"])
+def test_mini_grounding_spec_builds() -> None:
+    from recipes.spec import load_spec
+
+    spec = load_spec("locvtp", "mini-grounding")
+    model = build_config(LocVTPConfig, spec.base("pretrain")["model"])
     assert model.clip.arch == "vlrepro-mini" and model.frames_per_clip < model.clip_frames
-    build_config(GroundingHeadConfig, data["grounding"])
-    build_config(TrainConfig, data["train"])
-    build_config(TrainConfig, data["grounding_train"])
+    build_config(GroundingHeadConfig, spec.base("grounding")["model"])
+    build_config(TrainConfig, spec.base("pretrain")["train"])
+    build_config(TrainConfig, spec.base("grounding")["train"])

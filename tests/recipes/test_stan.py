@@ -4,7 +4,6 @@ recognition evaluation, and the mini config loads strictly."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,6 @@ from recipes.stan import StanRecipeConfig, build
 
 K, N, W = 2, 4, 32  # tiny CLIP: 2 vision blocks, 2×2 patches, width 32
 CLASSES = ["left-then-up", "up-then-left", "down-then-right"]
-MINI_YAML = Path(__file__).resolve().parents[2] / "models" / "stan" / "configs" / "mini-retrieval.yaml"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,7 +106,9 @@ def test_recognition_matches_a_direct_computation(stage: str) -> None:
 
 
 def test_mini_config_loads_strictly() -> None:
-    cfg = load(StanRecipeConfig, MINI_YAML)
+    from recipes.spec import load_spec
+
+    cfg = load(StanRecipeConfig, overrides=load_spec("stan", "mini-retrieval").base("stan"))
     assert cfg.model.input == "blocks"
     with pytest.raises(ValueError):
         build({"model": {"variant": "nope"}})
