@@ -236,11 +236,24 @@ def reproduce_cmd(
         ),
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override every training config: key=value.")] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print every job's resolved config (job → config; what the stages produce shown as <stand-ins>) and "
+            "exit without running anything or creating files.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a paper's whole DAG; finished stages are reused on rerun."""
+    """Run a paper's whole DAG; finished stages are reused on rerun.
+
+    ``--set key=value`` reaches every job of the DAG that has the key (``train.epochs=2``: every training job, the
+    mini CLIP included); ``--set <job>.key=value`` one kind of job (``miniclip.train.batch_size=64``, ``dcc.…``,
+    ``pretrain.…``); ``--print-config`` shows the job names and their keys."""
     import importlib
 
+    from flows.stages import route_overrides
     from models.config import parse_overrides
     from pipelines import storage
     from recipes.spec import SpecError, close_matches, load_spec
@@ -269,6 +282,17 @@ def reproduce_cmd(
         raise typer.BadParameter(
             f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
         )
+    module, attr = path.split(":")
+    flow_module = importlib.import_module(module)
+    overrides = parse_overrides(set_) if set_ else {}
+    choice: dict[str, Any] = {"variants": list(variant) if variant else None, "ablations": ablations}
+    try:  # the one grammar, checked before any work: a key no job has is an error naming close matches
+        user = route_overrides(overrides, flow_module.job_configs(size, **choice))
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    if print_config:
+        emit(flow_module.job_configs(size, user, **choice), as_json)
+        return
     if cpus_per_worker is not None:
         if not cpus_per_worker > 0:
             raise typer.BadParameter("must be a positive number of CPUs", param_hint="--cpus-per-worker")
@@ -281,8 +305,7 @@ def reproduce_cmd(
         from infra.settings import get_settings
 
         get_settings(reload=True)
-    module, attr = path.split(":")
-    flow_fn = getattr(importlib.import_module(module), attr)
+    flow_fn = getattr(flow_module, attr)
     kwargs: dict[str, Any] = {
         "dataset": dataset or default_dataset,
         "root": storage.resolve_root(root),  # the edge: tasks, Ray workers and records only see absolute paths
@@ -290,8 +313,8 @@ def reproduce_cmd(
         "seed": seed,
         "num_workers": workers,
     }
-    if set_:
-        kwargs["overrides"] = parse_overrides(set_)
+    if overrides:
+        kwargs["overrides"] = overrides
     if ablations:
         kwargs["ablations"] = True
     if variant:

@@ -90,6 +90,24 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def job_configs(
+    size: str,
+    user: dict[str, dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
+    ablations: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every job's config as the DAG would resolve it (``--print-config``), with what the stages produce as
+    stand-ins; `user` are the routed ``--set`` overrides (job kind → overrides). CLIP4Clip has no ablation table."""
+    user = user or {}
+    out = {"miniclip": stages.mini_clip_config(size, user.get("miniclip"))}
+    for v in with_prerequisites(list(variants or DEFAULT_VARIANTS)):
+        fixed = dict(user.get("clip4clip", {}))
+        if v in NEEDS:
+            fixed[NEEDS[v][1]] = f"<model.pt of the {NEEDS[v][0]} job>"
+        out[f"clip4clip/{v}"] = head_config(stages.pending("clip-features"), stages.PENDING_CLIP, {}, v, fixed, size)
+    return out
+
+
 @flow(name="reproduce-clip4clip", log_prints=True)
 def reproduce_clip4clip(
     dataset: str = "mini-retrieval",
@@ -98,7 +116,6 @@ def reproduce_clip4clip(
     seed: int = 0,
     variants: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
-    clip_overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
 ) -> dict[str, Any]:
     start = time.monotonic()
@@ -113,6 +130,8 @@ def reproduce_clip4clip(
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     chosen = with_prerequisites(list(variants or DEFAULT_VARIANTS))
+    # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
+    user = stages.route_overrides(overrides, job_configs(size, variants=variants))
     t = stages.cached(root)
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
@@ -122,7 +141,7 @@ def reproduce_clip4clip(
 
     connect()
     clip_future = t["pretrain_mini_clip"].submit(
-        root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides)
+        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"])
     )
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
     clip = clip_future.result()
@@ -131,7 +150,7 @@ def reproduce_clip4clip(
     jobs: dict[str, dict[str, Any]] = {}
     run_names: dict[str, str] = {}
     for variant in sorted(chosen, key=lambda v: v in NEEDS):  # prerequisites first: their run names feed configs
-        fixed, after = dict(overrides or {}), []
+        fixed, after = dict(user["clip4clip"]), []
         if variant in NEEDS:
             base, config_key = NEEDS[variant]
             fixed[config_key] = storage.join(root, "models", run_names[base], "model.pt")

@@ -45,10 +45,11 @@ training + 8 test videos of 30–40 s; ~21,000 TV-L1 pairs at ~0.011 s CPU each)
 CPU cores; ``ablations=True`` adds four step jobs (VLP warm-up, two F steps, one B step) — see `SIZES` for the step
 sizes and why.
 
-Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the config they change: ``dcc.``
-(`recipes.dcc.DCCRecipeConfig`: ``dcc.model.stages.rounds=3``, ``dcc.model.distill.high=0.4``),
-``miniclip.`` (`MiniClipConfig`), ``i3d.`` (`I3DFeatureConfig`: ``i3d.rgb_weights=/path/rgb_imagenet.pt``,
-``i3d.flow_weights=…``, ``i3d.width=1.0`` for users with pytorch-i3d weights) or ``tvl1.`` (`TVL1Config`).
+Overrides (`overrides`, the CLI's ``--set``) follow the one grammar (`recipes.overrides`): a dotted key reaches every
+job that has it, a key prefixed by a job's name that job only: ``dcc.`` (`recipes.dcc.DCCRecipeConfig`:
+``dcc.model.stages.rounds=3``, ``dcc.model.distill.high=0.4``), ``miniclip.`` (`MiniClipConfig`), ``i3d.``
+(`I3DFeatureConfig`: ``i3d.rgb_weights=/path/rgb_imagenet.pt``, ``i3d.flow_weights=…``, ``i3d.width=1.0`` for users
+with pytorch-i3d weights) or ``tvl1.`` (`TVL1Config`). `job_configs` resolves them all (``--print-config``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ ABLATIONS: tuple[str, ...] = tuple(SPEC.extra["ablation_chains"])
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     size: {job: SPEC.size_overrides(size, job) for job in ("dcc", "i3d", "tvl1")} for size in SPEC.sizes
 }
-OVERRIDE_PREFIXES = ("dcc", "miniclip", "i3d", "tvl1")
 
 _SLOTS: dict[int, threading.BoundedSemaphore] = {}
 _SLOTS_LOCK = threading.Lock()
@@ -261,16 +261,28 @@ def _cached(fn: Any, root: str) -> Any:
 # ----- configs -----------------------------------------------------------------------------------------------------
 
 
-def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """``{"dcc.model.stages.rounds": 3}`` → ``{"dcc": {"model.stages.rounds": 3}, ...}``; unknown prefixes are
-    errors."""
-    out: dict[str, dict[str, Any]] = {p: {} for p in OVERRIDE_PREFIXES}
-    for key, value in (overrides or {}).items():
-        prefix, _, rest = key.partition(".")
-        if prefix not in out or not rest:
-            raise ValueError(f"override {key!r} must start with one of {', '.join(p + '.' for p in OVERRIDE_PREFIXES)}")
-        out[prefix][rest] = value
-    return out
+def job_configs(
+    size: str,
+    user: dict[str, dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
+    ablations: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every job's config as the DAG would resolve it (``--print-config``): the mini CLIP, TV-L1, I3D and the DCC
+    base every warm-up/B/F step derives from (`step_config`), with what the stages produce as stand-ins (the CBP
+    input width is the I3D network's); `user` are the routed ``--set`` overrides (job kind → overrides)."""
+    user = {kind: {} for kind in ("miniclip", "tvl1", "i3d", "dcc")} | (user or {})
+    tvl1, i3d = feature_configs(size, user)
+    from pipelines.features.i3d import build_two_stream
+
+    width = build_two_stream(build(I3DFeatureConfig, i3d)).feature_dim  # what the I3D stage will report
+    pending_i3d = {"stage_uri": stages.pending("i3d-features"), "feature_dim": width}
+    pending_clip = {"stage_uri": stages.pending("clip-features")}
+    return {
+        "miniclip": stages.mini_clip_config(size, user["miniclip"]),
+        "tvl1": tvl1,
+        "i3d": i3d,
+        "dcc": base_config(stages.PENDING_WORLD, pending_i3d, pending_clip, stages.PENDING_CLIP, size, user["dcc"]),
+    }
 
 
 def feature_configs(size: str, user: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -389,7 +401,8 @@ def reproduce_dcc(
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
     if flow_workers < 1:
         raise ValueError(f"flow_workers must be >= 1, got {flow_workers}")
-    user = split_overrides(overrides)
+    # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
+    user = stages.route_overrides(overrides, job_configs(size))
     tvl1_cfg, i3d_cfg = feature_configs(size, user)
     t = stages.cached(root)
     train = t["train"]

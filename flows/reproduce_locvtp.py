@@ -29,9 +29,10 @@ DAG on ``size="small"`` in ~10 minutes on 2 quiet CPU cores, most of it the mini
   ``repeats_per_epoch`` passes per epoch, so an epoch (one checkpoint + one evaluation) is ~24 steps; see `SIZES`;
 - tiny: the test world (4 + 2 videos), a handful of steps for every job, only to prove the DAG end to end.
 
-Overrides (`overrides`, the CLI's ``--set``) are dotted keys prefixed by the config they change: ``pretrain.``
-(`LocVTPRecipeConfig`: ``pretrain.train.epochs=4``, ``pretrain.model.top_k=5``), ``grounding.``
-(`GroundingRecipeConfig`) or ``miniclip.`` (`MiniClipConfig`).
+Overrides (`overrides`, the CLI's ``--set``) follow the one grammar (`recipes.overrides`): a dotted key reaches every
+job that has it (``train.seed=1``: the mini CLIP, pre-training and the head), a key prefixed by a job's name that job
+only: ``pretrain.`` (`LocVTPRecipeConfig`: ``pretrain.train.epochs=4``, ``pretrain.model.top_k=5``), ``grounding.``
+(`GroundingRecipeConfig`) or ``miniclip.`` (`MiniClipConfig`). `job_configs` resolves them all (``--print-config``).
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 #: where the main run sits in each ablation group
 FULL_IN_GROUP: dict[str, str] = SPEC.extra["full_in_group"]
-
-OVERRIDE_PREFIXES = ("pretrain", "grounding", "miniclip")
 
 
 # ----- tasks -------------------------------------------------------------------------------------------------------
@@ -144,17 +143,6 @@ def _cached(fn: Any, root: str) -> Any:
 # ----- configs -----------------------------------------------------------------------------------------------------
 
 
-def split_overrides(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """``{"pretrain.train.epochs": 4}`` → ``{"pretrain": {"train.epochs": 4}, ...}``; unknown prefixes are errors."""
-    out: dict[str, dict[str, Any]] = {p: {} for p in OVERRIDE_PREFIXES}
-    for key, value in (overrides or {}).items():
-        prefix, _, rest = key.partition(".")
-        if prefix not in out or not rest:
-            raise ValueError(f"override {key!r} must start with one of {', '.join(p + '.' for p in OVERRIDE_PREFIXES)}")
-        out[prefix][rest] = value
-    return out
-
-
 def _yaml() -> dict[str, Any]:
     pretrain, grounding = SPEC.base("pretrain"), SPEC.base("grounding")
     return {
@@ -200,6 +188,33 @@ def grounding_config(
         },
     )
     return to_dict(merge(merge(cfg, SIZES[size]["grounding"]), user))
+
+
+def job_configs(
+    size: str,
+    user: dict[str, dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
+    ablations: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every job's config as the DAG would resolve it (``--print-config``): the mini CLIP, the pre-training (and with
+    `ablations` each ablation's), the grounding head, with what the stages produce as stand-ins; `user` are the routed
+    ``--set`` overrides (job kind → overrides)."""
+    user = {kind: {} for kind in ("miniclip", "pretrain", "grounding")} | (user or {})
+    out = {"miniclip": stages.mini_clip_config(size, user["miniclip"])}
+    chosen: dict[str, dict[str, Any]] = {"full": {}}
+    if ablations:
+        chosen |= {name: overrides for name, (_, overrides) in ABLATIONS.items()}
+    for name, variant in chosen.items():
+        cfg = pretrain_config(stages.PENDING_CLIP, stages.PENDING_WORLD, size, user["pretrain"], variant)
+        out[f"pretrain/{name}"] = to_dict(merge(cfg, {"data.stage": stages.pending("locvtp-prefix")}))
+    out["grounding"] = grounding_config(
+        stages.pending("clip-grounding features"),
+        stages.pending("query"),
+        stages.PENDING_WORLD,
+        size,
+        user["grounding"],
+    )
+    return out
 
 
 def _digest(config: Any) -> str:
@@ -259,7 +274,8 @@ def reproduce_locvtp(
         )
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
-    user = split_overrides(overrides)
+    # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
+    user = stages.route_overrides(overrides, job_configs(size, ablations=ablations))
     t = stages.cached(root)
     prefix_task = _cached(prefix_tokens, root)
     features_task = _cached(clip_features, root)

@@ -104,6 +104,24 @@ def recognition_cells(row: Row, record: Mapping[str, Any]) -> dict[str, Any]:
     return {"rec top-1": rec.get("top1"), "rec top-5": rec.get("top5")}
 
 
+def job_configs(
+    size: str,
+    user: dict[str, dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
+    ablations: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every job's config as the DAG would resolve it (``--print-config``), with what the stages produce as
+    stand-ins; `user` are the routed ``--set`` overrides (job kind → overrides)."""
+    user = user or {}
+    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
+    out = {"miniclip": stages.mini_clip_config(size, user.get("miniclip"))}
+    for v in chosen:
+        out[f"{PAPER}/{v}"] = stan_config(
+            stages.PENDING_CLIP, {}, size, v, user.get(PAPER, {}), stage=stages.pending("clip-blocks")
+        )
+    return out
+
+
 @flow(name="reproduce-stan", log_prints=True)
 def reproduce_stan(
     dataset: str = "mini-retrieval",
@@ -113,7 +131,6 @@ def reproduce_stan(
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
     ablations: bool = False,
-    clip_overrides: dict[str, Any] | None = None,
     variants: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the STAN DAG: the main variant, or `variants`; with `ablations` the whole table. `overrides` (the
@@ -125,17 +142,18 @@ def reproduce_stan(
         raise ValueError(f"the STAN DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
+    user = stages.route_overrides(overrides, job_configs(size, variants=variants, ablations=ablations))
     t = stages.cached(root)
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides))
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
     subsets = order_subsets(world["annotations"])
     # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
     chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
-    user = overrides or {}
     # K = the deepest branch any chosen variant reads (the mini CLIP has 4 vision blocks; the mini YAML uses 2)
-    depth = max(stan_config(clip, subsets, size, v, user)["model"]["depth"] for v in chosen)
+    depth = max(stan_config(clip, subsets, size, v, user[PAPER])["model"]["depth"] for v in chosen)
     feats = t["extract_clip_features"](
         frames["stage_uri"], root, key, clip["clip_arch"], clip["clip_checkpoint"], output="blocks", last_blocks=depth
     )
@@ -143,7 +161,7 @@ def reproduce_stan(
     stage = feats["stage_uri"]
 
     def make_job(variant: str) -> dict[str, Any]:
-        config = stan_config(clip, subsets, size, variant, user, stage=stage)
+        config = stan_config(clip, subsets, size, variant, user[PAPER], stage=stage)
         main = variant == MAIN  # only the method itself becomes a registered version
         return variant_job(PAPER, PAPER, "stan", variant, key, config, root, stage, num_workers, register=main)
 

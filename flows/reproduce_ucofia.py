@@ -110,6 +110,24 @@ def no_sinkhorn_cells(row: Row, record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_configs(
+    size: str,
+    user: dict[str, dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
+    ablations: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Every job's config as the DAG would resolve it (``--print-config``), with what the stages produce as
+    stand-ins; `user` are the routed ``--set`` overrides (job kind → overrides)."""
+    user = user or {}
+    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
+    out = {"miniclip": stages.mini_clip_config(size, user.get("miniclip"))}
+    for v in chosen:
+        out[f"{PAPER}/{v}"] = ucofia_config(
+            stages.pending("clip-tokens"), stages.PENDING_CLIP, {}, size, v, user.get(PAPER, {})
+        )
+    return out
+
+
 @flow(name="reproduce-ucofia", log_prints=True)
 def reproduce_ucofia(
     dataset: str = "mini-retrieval",
@@ -119,7 +137,6 @@ def reproduce_ucofia(
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
     ablations: bool = False,
-    clip_overrides: dict[str, Any] | None = None,
     variants: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the UCoFiA DAG: the main variant, or `variants`; with `ablations` the whole table. `overrides` (the
@@ -131,21 +148,22 @@ def reproduce_ucofia(
         raise ValueError(f"the UCoFiA DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
+    user = stages.route_overrides(overrides, job_configs(size, variants=variants, ablations=ablations))
     t = stages.cached(root)
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, clip_overrides))
+    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
     feats = t["extract_clip_features"](
         frames["stage_uri"], root, key, clip["clip_arch"], clip["clip_checkpoint"], output="tokens"
     )
     subsets = order_subsets(world["annotations"])
-    user = overrides or {}
 
     stage = feats["stage_uri"]
 
     def make_job(variant: str) -> dict[str, Any]:
-        config = ucofia_config(stage, clip, subsets, size, variant, user)
+        config = ucofia_config(stage, clip, subsets, size, variant, user[PAPER])
         main = variant == MAIN  # only the method itself becomes a registered version
         return variant_job(PAPER, PAPER, "ucofia", variant, key, config, root, stage, num_workers, register=main)
 

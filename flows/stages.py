@@ -22,6 +22,7 @@ from flows.runtime import cached_task, is_transient
 from models.common.clip import ClipConfig
 from models.config import config_hash, merge, to_dict
 from pipelines import storage
+from recipes.overrides import route
 from recipes.spec import load_spec
 
 #: the mini CLIP every mini-world DAG pre-trains, one spec (recipes/configs/mini-clip/mini-world.yaml) for all of them,
@@ -40,6 +41,38 @@ def mini_clip_overrides(size: str, user: dict[str, Any] | None = None) -> dict[s
     if size not in MINI_CLIP_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(MINI_CLIP_SIZES)}")
     return {**MINI_CLIP_SIZES[size], **(user or {})}
+
+
+#: stand-ins for what the DAG's stages produce, in configs resolved before anything runs (`--print-config`)
+PENDING_CLIP: dict[str, str] = {"clip_arch": "vlrepro-mini", "clip_checkpoint": "<mini CLIP checkpoint (clip.pt)>"}
+PENDING_WORLD: dict[str, Any] = {
+    "annotations": "<the world's annotations.json>",
+    "extra_files": {
+        "charades_sta_train": "<the world's train queries>",
+        "charades_sta_test": "<the world's test queries>",
+    },
+}
+
+
+def pending(stage: str) -> str:
+    """The stand-in of a stage's URI."""
+    return f"<{stage} stage>"
+
+
+def mini_clip_config(size: str, user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mini CLIP job's config at `size` with the user's overrides (its training pairs: a stand-in)."""
+    from recipes.miniclip import MiniClipConfig
+
+    return to_dict(merge(MiniClipConfig(image_text="<the world's image_text.npz>"), mini_clip_overrides(size, user)))
+
+
+def route_overrides(overrides: dict[str, Any] | None, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The user's ``--set`` overrides split among a DAG's kinds of job (`recipes.overrides.route`); `configs` is the
+    flow's `job_configs` (job name → config; ``kind/variant`` names share their kind's keys)."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for name, config in configs.items():
+        kinds.setdefault(name.split("/")[0], config)
+    return route(overrides or {}, kinds)
 
 
 def dataset_key(name: str, size: str, seed: int) -> str:

@@ -110,14 +110,20 @@ def test_ablation_table_rows() -> None:
     assert set(ABLATIONS) == {r["variant"] for r in rows if "(" not in r["variant"] and r["group"] != "baseline"}
 
 
-def test_overrides_are_routed_by_prefix() -> None:
-    from flows.reproduce_locvtp import split_overrides
+def test_overrides_reach_their_jobs() -> None:
+    from flows.reproduce_locvtp import job_configs
+    from flows.stages import route_overrides
 
-    out = split_overrides({"pretrain.train.epochs": 2, "grounding.model.hidden": 8, "miniclip.steps_per_epoch": 3})
+    plain = job_configs("tiny")
+    out = route_overrides(
+        {"pretrain.train.epochs": 2, "grounding.model.hidden": 8, "miniclip.steps_per_epoch": 3}, plain
+    )
     assert out == {
         "pretrain": {"train.epochs": 2},
         "grounding": {"model.hidden": 8},
         "miniclip": {"steps_per_epoch": 3},
     }
-    with pytest.raises(ValueError, match="must start with"):
-        split_overrides({"train.epochs": 2})
+    # a key without a job reaches every job that has it: all three train
+    assert route_overrides({"train.seed": 5}, plain) == {
+        k: {"train.seed": 5} for k in ("miniclip", "pretrain", "grounding")
+    }

@@ -1,0 +1,93 @@
+"""One override grammar for every paper's DAG, and ``--print-config`` (resolves every job's config, runs nothing)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recipes.overrides import has_key
+from recipes.spec import SpecError
+
+REPO = Path(__file__).resolve().parents[2]
+PAPERS = {
+    "clip4clip": ("flows.reproduce_clip4clip", {"miniclip", "clip4clip"}),
+    "stan": ("flows.reproduce_stan", {"miniclip", "stan"}),
+    "ucofia": ("flows.reproduce_ucofia", {"miniclip", "ucofia"}),
+    "dcc": ("flows.reproduce_dcc", {"miniclip", "tvl1", "i3d", "dcc"}),
+    "locvtp": ("flows.reproduce_locvtp", {"miniclip", "pretrain", "grounding"}),
+}
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+@pytest.mark.parametrize("paper", sorted(PAPERS))
+def test_train_epochs_reaches_every_job_that_has_it_and_a_job_prefix_one_kind(paper: str) -> None:
+    from flows.stages import route_overrides
+
+    module = importlib.import_module(PAPERS[paper][0])
+    plain = module.job_configs("tiny")
+    assert {name.split("/")[0] for name in plain} == PAPERS[paper][1]
+    user = route_overrides({"train.epochs": 7, "miniclip.steps_per_epoch": 3}, plain)
+    resolved = module.job_configs("tiny", user)
+    with_epochs = [name for name, cfg in resolved.items() if has_key(cfg, "train.epochs")]
+    # DCC's steps count their epochs in model.stages (warm-up / B / F): there only the mini CLIP has train.epochs
+    assert "miniclip" in with_epochs and len(with_epochs) >= (1 if paper == "dcc" else 2)
+    for name in with_epochs:
+        assert _get(resolved[name], "train.epochs") == 7, name
+    assert resolved["miniclip"]["steps_per_epoch"] == 3
+    untouched = [n for n, cfg in resolved.items() if not has_key(cfg, "train.epochs") and n != "miniclip"]
+    assert all(resolved[n] == plain[n] for n in untouched)
+    with pytest.raises(SpecError, match=r"did you mean 'train.epochs'"):
+        route_overrides({"train.epochz": 2}, plain)
+    with pytest.raises(SpecError, match="no job of this DAG"):
+        route_overrides({"bogus.key": 2}, plain)
+
+
+def test_print_config_resolves_every_job_and_creates_nothing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [sys.executable, "-m", "flows", "reproduce", "stan", "--size", "tiny", "--ablations", "--print-config"]
+    res = subprocess.run(
+        [*argv, "--set", "train.epochs=3", "--set", "stan.model.depth=1", "--json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    configs = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(configs) == {
+        "miniclip",
+        "stan/stan",
+        "stan/stan-conv",
+        "stan/stan-no-cross-frame",
+        "stan/posterior",
+        "stan/baseline",
+    }
+    assert all(c["train"]["epochs"] == 3 for c in configs.values())
+    assert all(c["model"]["depth"] == 1 for name, c in configs.items() if name.startswith("stan/"))
+    assert configs["stan/baseline"]["model"]["variant"] == "baseline"
+    assert configs["stan/stan"]["model"]["clip"]["pretrained"].startswith("<")  # a stage's output: a stand-in
+    assert list(work.iterdir()) == []  # no run root, nothing else
+
+    bad = subprocess.run(
+        [*argv, "--set", "train.epocs=3"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did you mean 'train.epochs'" in lines[0], bad.stderr
+    assert list(work.iterdir()) == []
