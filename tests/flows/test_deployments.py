@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.serve import Service, Supervisor, free_port, http_ok
+from infra.local_stack import Service, Supervisor, free_port, http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "prefect.yaml"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from flows.serve import Service, Supervisor
+from infra.local_stack import Service, Supervisor
 from tests.media import encode, moving_square
 
 pytestmark = pytest.mark.slow
