@@ -112,14 +112,14 @@ def job_configs(
 ) -> dict[str, dict[str, Any]]:
     """Every job's config as the DAG would resolve it (``--print-config``), with what the stages produce as
     stand-ins; `user` are the routed ``--set`` overrides (job kind → overrides)."""
-    user = user or {}
-    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
-    out = {"miniclip": stages.mini_clip_config(size, user.get("miniclip"))}
-    for v in chosen:
-        out[f"{PAPER}/{v}"] = stan_config(
-            stages.PENDING_CLIP, {}, size, v, user.get(PAPER, {}), stage=stages.pending("clip-blocks")
-        )
-    return out
+    chosen = SPEC.chosen_variants(variants, ablations)
+    return stages.variant_job_configs(
+        SPEC,
+        size,
+        user,
+        chosen,
+        lambda v, u: stan_config(stages.PENDING_CLIP, {}, size, v, u, stage=stages.pending("clip-blocks")),
+    )
 
 
 @flow(name="reproduce-stan", log_prints=True)
@@ -151,7 +151,7 @@ def reproduce_stan(
     clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
     subsets = order_subsets(world["annotations"])
     # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
-    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
+    chosen = SPEC.chosen_variants(variants, ablations)
     # K = the deepest branch any chosen variant reads (the mini CLIP has 4 vision blocks; the mini YAML uses 2)
     depth = max(stan_config(clip, subsets, size, v, user[PAPER])["model"]["depth"] for v in chosen)
     feats = t["extract_clip_features"](

@@ -118,14 +118,14 @@ def job_configs(
 ) -> dict[str, dict[str, Any]]:
     """Every job's config as the DAG would resolve it (``--print-config``), with what the stages produce as
     stand-ins; `user` are the routed ``--set`` overrides (job kind → overrides)."""
-    user = user or {}
-    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
-    out = {"miniclip": stages.mini_clip_config(size, user.get("miniclip"))}
-    for v in chosen:
-        out[f"{PAPER}/{v}"] = ucofia_config(
-            stages.pending("clip-tokens"), stages.PENDING_CLIP, {}, size, v, user.get(PAPER, {})
-        )
-    return out
+    chosen = SPEC.chosen_variants(variants, ablations)
+    return stages.variant_job_configs(
+        SPEC,
+        size,
+        user,
+        chosen,
+        lambda v, u: ucofia_config(stages.pending("clip-tokens"), stages.PENDING_CLIP, {}, size, v, u),
+    )
 
 
 @flow(name="reproduce-ucofia", log_prints=True)
@@ -168,7 +168,7 @@ def reproduce_ucofia(
         return variant_job(PAPER, PAPER, "ucofia", variant, key, config, root, stage, num_workers, register=main)
 
     # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
-    chosen = list(VARIANTS) if ablations else SPEC.check_variants(list(variants)) if variants else [MAIN]
+    chosen = SPEC.chosen_variants(variants, ablations)
     results = run_variants(chosen, make_job, t["train"])
     out: dict[str, Any] = {
         "paper": PAPER,

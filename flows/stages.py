@@ -23,7 +23,7 @@ from models.common.clip import ClipConfig
 from models.config import config_hash, merge, to_dict
 from pipelines import storage
 from recipes.overrides import route
-from recipes.spec import load_spec
+from recipes.spec import PaperSpec, load_spec
 
 #: the mini CLIP every mini-world DAG pre-trains, one spec (recipes/configs/mini-clip/mini-world.yaml) for all of them,
 #: so one run name (the config's hash) always means one model, whichever paper trained it first
@@ -64,6 +64,18 @@ def mini_clip_config(size: str, user: dict[str, Any] | None = None) -> dict[str,
     from recipes.miniclip import MiniClipConfig
 
     return to_dict(merge(MiniClipConfig(image_text="<the world's image_text.npz>"), mini_clip_overrides(size, user)))
+
+
+def variant_job_configs(
+    spec: PaperSpec, size: str, user: dict[str, dict[str, Any]] | None, chosen: list[str], config: Any
+) -> dict[str, dict[str, Any]]:
+    """A one-job-kind DAG's `job_configs` (STAN, UCoFiA): the mini CLIP, then ``<paper>/<variant>`` for each chosen
+    variant, ``config(variant, that kind's user overrides)`` building it with stand-ins for stage outputs."""
+    user = user or {}
+    out = {"miniclip": mini_clip_config(size, user.get("miniclip"))}
+    for variant in chosen:
+        out[f"{spec.paper}/{variant}"] = config(variant, user.get(spec.paper, {}))
+    return out
 
 
 def route_overrides(overrides: dict[str, Any] | None, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

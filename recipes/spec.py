@@ -109,6 +109,12 @@ class PaperSpec:
             )
         return dict(self.jobs[job].base)
 
+    def chosen_variants(self, variants: list[str] | None, ablations: bool) -> list[str]:
+        """What a run trains: every variant with `ablations`, else `variants` (checked), else the paper's method."""
+        if ablations:
+            return list(self.variants)
+        return self.check_variants(list(variants)) if variants else [self.main]
+
     def check_variants(self, chosen: list[str]) -> list[str]:
         """`chosen` if every name is a variant of this spec, else a `SpecError` naming the unknown ones."""
         if not self.variants:
