@@ -253,7 +253,6 @@ def reproduce_cmd(
     ``pretrain.…``); ``--print-config`` shows the job names and their keys."""
     import importlib
 
-    from flows.stages import route_overrides
     from models.config import parse_overrides
     from pipelines import storage
     from recipes.spec import SpecError, close_matches, load_spec
@@ -282,17 +281,6 @@ def reproduce_cmd(
         raise typer.BadParameter(
             f"{paper} has no ablation table (its variants run by default)", param_hint="--ablations"
         )
-    module, attr = path.split(":")
-    flow_module = importlib.import_module(module)
-    overrides = parse_overrides(set_) if set_ else {}
-    choice: dict[str, Any] = {"variants": list(variant) if variant else None, "ablations": ablations}
-    try:  # the one grammar, checked before any work: a key no job has is an error naming close matches
-        user = route_overrides(overrides, flow_module.job_configs(size, **choice))
-    except SpecError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--set") from exc
-    if print_config:
-        emit(flow_module.job_configs(size, user, **choice), as_json)
-        return
     if cpus_per_worker is not None:
         if not cpus_per_worker > 0:
             raise typer.BadParameter("must be a positive number of CPUs", param_hint="--cpus-per-worker")
@@ -305,6 +293,20 @@ def reproduce_cmd(
         from infra.settings import get_settings
 
         get_settings(reload=True)
+    overrides = parse_overrides(set_) if set_ else {}
+    # only now the flow module (Prefect, torch): its job configs are what `--set` keys are checked against
+    from flows.stages import route_overrides
+
+    module, attr = path.split(":")
+    flow_module = importlib.import_module(module)
+    choice: dict[str, Any] = {"variants": list(variant) if variant else None, "ablations": ablations}
+    try:  # the one grammar, checked before any work: a key no job has is an error naming close matches
+        user = route_overrides(overrides, flow_module.job_configs(size, **choice))
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    if print_config:
+        emit(flow_module.job_configs(size, user, **choice), as_json)
+        return
     flow_fn = getattr(flow_module, attr)
     kwargs: dict[str, Any] = {
         "dataset": dataset or default_dataset,
