@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,6 @@ import pytest
 from recipes.overrides import has_key
 from recipes.spec import SpecError
 
-REPO = Path(__file__).resolve().parents[2]
 PAPERS = {
     "clip4clip": ("flows.reproduce_clip4clip", {"miniclip", "clip4clip"}),
     "stan": ("flows.reproduce_stan", {"miniclip", "stan"}),
@@ -54,22 +50,30 @@ def test_train_epochs_reaches_every_job_that_has_it_and_a_job_prefix_one_kind(pa
         route_overrides({"bogus.key": 2}, plain)
 
 
-def test_print_config_resolves_every_job_and_creates_nothing(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+def test_print_config_resolves_every_job_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's own entry point, in this process (the flow modules are imported already: a subprocess would pay
+    for Prefect's and torch's imports again), from an empty working directory with the default run root."""
+    import signal
+
+    from flows.cli import main
+
     work = tmp_path / "work"
     work.mkdir()
-    argv = [sys.executable, "-m", "flows", "reproduce", "stan", "--size", "tiny", "--ablations", "--print-config"]
-    res = subprocess.run(
-        [*argv, "--set", "train.epochs=3", "--set", "stan.model.depth=1", "--json"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    configs = json.loads(res.stdout.strip().splitlines()[-1])
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("VLREPRO_RUN_ROOT", raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    argv = ["reproduce", "stan", "--size", "tiny", "--ablations", "--print-config"]
+    try:
+        rc = main([*argv, "--set", "train.epochs=3", "--set", "stan.model.depth=1", "--json"])
+        out = capsys.readouterr()
+        bad_rc = main([*argv, "--set", "train.epocs=3"])
+        bad = capsys.readouterr()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert rc == 0, out.err[-2000:]
+    configs = json.loads(out.out.strip().splitlines()[-1])
     assert set(configs) == {
         "miniclip",
         "stan/stan",
@@ -82,12 +86,7 @@ def test_print_config_resolves_every_job_and_creates_nothing(tmp_path: Path) -> 
     assert all(c["model"]["depth"] == 1 for name, c in configs.items() if name.startswith("stan/"))
     assert configs["stan/baseline"]["model"]["variant"] == "baseline"
     assert configs["stan/stan"]["model"]["clip"]["pretrained"].startswith("<")  # a stage's output: a stand-in
+    assert bad_rc == 2
+    lines = bad.err.strip().splitlines()
+    assert len(lines) == 1 and "did you mean 'train.epochs'" in lines[0], bad.err
     assert list(work.iterdir()) == []  # no run root, nothing else
-
-    bad = subprocess.run(
-        [*argv, "--set", "train.epocs=3"], cwd=work, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert bad.returncode == 2
-    lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and "did you mean 'train.epochs'" in lines[0], bad.stderr
-    assert list(work.iterdir()) == []
