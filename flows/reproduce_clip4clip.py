@@ -124,11 +124,9 @@ def reproduce_clip4clip(
         raise ValueError(
             f"the CLIP4Clip DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train"
         )
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
-    unknown = sorted(set(variants or ()) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    SPEC.check_size(size)
+    if variants:
+        SPEC.check_variants(list(variants))
     chosen = with_prerequisites(list(variants or DEFAULT_VARIANTS))
     # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
     user = stages.route_overrides(overrides, job_configs(size, variants=variants))

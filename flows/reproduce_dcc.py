@@ -397,8 +397,7 @@ def reproduce_dcc(
             f"the DCC DAG runs on mini-wtal here (got {dataset!r}); real datasets: ingest at 25 fps (or "
             "pipelines.features.i3d.import_features for released features) + the dcc recipe"
         )
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    SPEC.check_size(size)
     if flow_workers < 1:
         raise ValueError(f"flow_workers must be >= 1, got {flow_workers}")
     # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)

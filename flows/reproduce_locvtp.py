@@ -272,8 +272,7 @@ def reproduce_locvtp(
         raise ValueError(
             f"the LocVTP DAG runs on mini-grounding here (got {dataset!r}); real datasets: ingest + the recipes"
         )
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    SPEC.check_size(size)
     # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
     user = stages.route_overrides(overrides, job_configs(size, ablations=ablations))
     t = stages.cached(root)

@@ -140,8 +140,7 @@ def reproduce_stan(
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-retrieval":
         raise ValueError(f"the STAN DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train")
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    SPEC.check_size(size)
     # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
     user = stages.route_overrides(overrides, job_configs(size, variants=variants, ablations=ablations))
     t = stages.cached(root)
