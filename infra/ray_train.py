@@ -241,7 +241,12 @@ def _start_local() -> None:
             "worker_process_setup_hook": "infra.ray_hooks.setup_local_worker",
             # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job on a
             # small CPU budget (each costs ~2-3 % of a core while its job runs)
-            "env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
+            "env_vars": {
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                "RAY_TRAIN_METRICS_ENABLED": "0",
+                # each reported checkpoint and the end of a run wait for the controller's next poll (see the setting)
+                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(settings.ray_train_poll_s),
+            },
         },
     )
     _OWN["temp_dir"] = temp_dir

@@ -43,6 +43,10 @@ class Settings:
     #: ``VLREPRO_RAY_TEMP_PARENT``: folder under which a local Ray this process starts makes its own temporary folder
     #: (``ray-vlrepro-*``, removed at exit). Keep it short: Ray's socket paths under it must fit 107 bytes.
     ray_temp_parent: str = "/tmp"
+    #: ``VLREPRO_RAY_TRAIN_POLL_S``: how often the Ray Train controller of a local Ray this process starts polls its
+    #: workers. Each reported checkpoint and the end of a run wait for the next poll, so Ray's default (2 s) cost a
+    #: tiny three-epoch job ~8 s of its ~18 s (`benchmarks/ray_train_poll.py`); a poll costs milliseconds.
+    ray_train_poll_s: float = 0.2
 
     def job_cpus(self, concurrent_jobs: int) -> float:
         """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
@@ -69,16 +73,19 @@ class Settings:
                 "VLREPRO_RAY_OBJECT_STORE_MB", get("VLREPRO_RAY_OBJECT_STORE_MB") or "512"
             ),
             ray_temp_parent=get("VLREPRO_RAY_TEMP_PARENT") or "/tmp",
+            ray_train_poll_s=_positive_float(
+                "VLREPRO_RAY_TRAIN_POLL_S", get("VLREPRO_RAY_TRAIN_POLL_S") or "0.2", "number of seconds"
+            ),
         )
 
 
-def _positive_float(name: str, value: str) -> float:
+def _positive_float(name: str, value: str, what: str = "number of CPUs") -> float:
     try:
         out = float(value)
     except ValueError:
         out = -1.0
     if not out > 0:
-        raise ValueError(f"{name}={value!r} must be a positive number of CPUs")
+        raise ValueError(f"{name}={value!r} must be a positive {what}")
     return out
 
 
