@@ -25,9 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         temporary_settings,
     )
 
-    from flows.ablations import markdown_table
     from flows.reproduce_stan import reproduce_stan
     from flows.reproduce_ucofia import reproduce_ucofia
+    from infra.results import markdown_table
 
     for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
         os.environ.setdefault(var, value)

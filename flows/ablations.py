@@ -11,15 +11,13 @@ A paper's DAG declares its ablations as plain data (`flows/reproduce_stan.py`, `
 `run_variants` trains the variants in order through the DAG's cached ``train`` task; `build_table` turns the job
 records into rows (the paper's own metric columns, e.g. recognition for STAN); `log_table` writes the table to
 MLflow as one **summary run** per (paper, dataset, set of jobs) in the paper's experiment (tag
-``vlrepro.kind=ablation-table``): ``tables/ablations.json`` (rows + the paper's claims), ``tables/ablations.md``
-(markdown), ``tables/ablations_table.json`` (MLflow's table artefact, shown as a table in the UI) and one metric per
-numeric cell (``<variant>/<column>``). The run key includes a digest of the job keys, so the same table logs into
-the same run on rerun and a table over other jobs (other overrides) gets its own run.
+``vlrepro.kind=ablation-table``), in the one results schema of every paper (`infra.results`). The run key includes a
+digest of the job keys, so the same table logs into the same run on rerun and a table over other jobs (other
+overrides) gets its own run.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -27,7 +25,6 @@ from typing import Any
 from prefect import task
 
 from flows.runtime import is_transient
-from models.config import config_hash
 from recipes.spec import AblationRow
 
 #: metric columns every retrieval table carries: column → (report block, direction, metric)
@@ -58,19 +55,23 @@ def variant_job(
     metric: str = "t2v/R@1",
 ) -> dict[str, Any]:
     """The `infra.training_job.TrainingJob` fields of one variant; job key = paper, variant, dataset, config hash."""
-    return {
-        "paper": paper,
-        "method": method,
-        "recipe": recipe,
-        "config": config,
-        "run_name": f"{paper}-{variant}-{dataset}-{config_hash(config, length=8)}",
-        "root": root,
-        "metric": metric,
-        "num_workers": num_workers,
-        "register": register,
-        "dataset_stage": stage,
-        "tags": {"vlrepro.variant": variant},
-    }
+    from infra.jobs import training_job
+
+    return training_job(
+        paper=paper,
+        method=method,
+        recipe=recipe,
+        config=config,
+        root=root,
+        metric=metric,
+        who=paper,
+        part=variant,
+        data=dataset,
+        num_workers=num_workers,
+        register=register,
+        dataset_stage=stage,
+        tags={"vlrepro.variant": variant},
+    )
 
 
 def run_variants(
@@ -81,12 +82,12 @@ def run_variants(
     ``reused`` says whether the job had finished before this call (its ``jobs/<key>.json`` existed): the train task's
     own result cannot say so when Prefect returns a persisted result.
     """
-    from infra.training_job import finished_job
+    from infra.jobs import was_finished
 
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(names):
         job = make_job(name)
-        reused = finished_job(job["root"], job["run_name"]) is not None
+        reused = was_finished(job)
         out[name] = {**train(job), "reused": reused}
     return out
 
@@ -130,33 +131,17 @@ def build_table(
     return table
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.1f}" if math.isfinite(value) else "nan"
-    return str(value)
-
-
-def markdown_table(table: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-markdown table of `table` (all keys of the first row except run ids, unless `columns` is given)."""
-    if not table:
-        return ""
-    cols = list(columns) if columns is not None else [c for c in table[0] if c not in ("run_name", "run_id", "block")]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in table]
-    return "\n".join(lines)
-
-
 @task(name="log-ablation-table", retries=1, retry_condition_fn=is_transient)
 def log_table(
     root: str, paper: str, dataset: str, table: list[dict[str, Any]], claims: dict[str, str]
 ) -> dict[str, Any]:
     """Log `table` to MLflow as the summary run of (paper, dataset, jobs); idempotent; returns its run id and key."""
-    from infra.tracking import Tracker, mlflow_key, run_guard
+    from infra.jobs import run_name
+    from infra.results import log_results
+    from infra.tracking import Tracker, run_guard
 
     jobs = sorted({r["run_name"] for r in table})
-    run_key = f"{paper}-ablations-{dataset}-{config_hash(jobs, length=8)}"
+    run_key = run_name(paper, jobs, part="ablations", data=dataset)
     tracker = Tracker.for_run_root(root)
     run_id = tracker.start_or_resume(
         paper,
@@ -166,33 +151,15 @@ def log_table(
         tags={"vlrepro.kind": "ablation-table", "vlrepro.dataset": dataset},
     )
     with run_guard(tracker, run_id):
-        tracker.log_dict(run_id, {"paper": paper, "dataset": dataset, "claims": claims, "rows": table}, _JSON)
-        markdown = markdown_table(table) + "\n\n" + "\n".join(f"- **{g}**: {c}" for g, c in claims.items()) + "\n"
-        tracker.client.log_text(run_id, markdown, _MARKDOWN)
-        # `log_table` appends to an existing table artefact: log it once per run (same jobs ⇒ same table)
-        logged = {f.path for f in tracker.client.list_artifacts(run_id, "tables")}
-        if table and _UI_TABLE not in logged:
-            tracker.client.log_table(run_id, {c: [r.get(c) for r in table] for c in table[0]}, _UI_TABLE)
-        numeric = {
-            mlflow_key(f"{r['variant']}{'.' + r['block'] if r.get('block') else ''}/{c}"): float(v)
-            for r in table
-            for c, v in r.items()
-            if isinstance(v, float) and math.isfinite(v)
-        }
-        tracker.log_metrics(run_id, numeric, step=0)
+        log_results(tracker, run_id, paper=paper, dataset=dataset, rows=table, claims=claims)
     return {"run_id": run_id, "run_key": run_key}
 
-
-_JSON = "tables/ablations.json"
-_MARKDOWN = "tables/ablations.md"
-_UI_TABLE = "tables/ablations_table.json"
 
 __all__ = [
     "RETRIEVAL_COLUMNS",
     "Row",
     "build_table",
     "log_table",
-    "markdown_table",
     "retrieval_cells",
     "run_variants",
     "variant_job",

@@ -31,7 +31,7 @@ from prefect import flow, task
 
 from flows import stages
 from flows.runtime import cached_task, is_transient
-from models.config import config_hash, load
+from models.config import load
 from pipelines import storage
 from recipes import RECIPES
 
@@ -41,7 +41,7 @@ def recipe_config(
 ) -> dict[str, Any]:
     """`base` (a stored job config, or nothing) ← the YAML/JSON file `config` ← dotted `overrides`.
 
-    The same dict-level merge as ``vlrepro train run`` (`flows.train_cli.load_config`), so the CLI and this
+    The same dict-level merge as ``vlrepro train run`` (`flows.cli.train.load_config`), so the CLI and this
     deployment give one config — and one run name — for the same inputs. The recipe is built once here, which
     validates the result strictly (unknown keys and bad values raise `models.config.ConfigError`) before any work.
     """
@@ -138,22 +138,24 @@ def train_flow(
     """
     root = storage.resolve_root(root)
     cfg = recipe_config(recipe, config, overrides)
-    name = run_name or f"{recipe}-{config_hash(cfg)}"  # `vlrepro train run`'s default: the same config, one job
-    job = {
-        "paper": paper or recipe,
-        "method": method or recipe,
-        "recipe": recipe,
-        "config": cfg,
-        "run_name": storage.check_key(name),
-        "root": root,
-        "metric": metric,
-        "higher_is_better": higher_is_better,
-        "num_workers": num_workers,
-        "use_gpu": use_gpu,
-        "register": register_model,
-        "dataset_stage": dataset_stage,
-        "tags": {"vlrepro.deployment": "train"},
-    }
+    from infra.jobs import training_job
+
+    job = training_job(  # `vlrepro train run`'s default name: the same config, one job
+        paper=paper or recipe,
+        method=method or recipe,
+        who=recipe,
+        name=run_name,
+        recipe=recipe,
+        config=cfg,
+        root=root,
+        metric=metric,
+        higher_is_better=higher_is_better,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        register=register_model,
+        dataset_stage=dataset_stage,
+        tags={"vlrepro.deployment": "train"},
+    )
     result: dict[str, Any] = stages.cached(root)["train"](job)
     return result
 
@@ -173,6 +175,7 @@ def evaluate_model(
     """Evaluate version `version` of registered model `name` with its recipe; log one MLflow run (idempotent)."""
     import torch
 
+    from infra.jobs import run_name
     from infra.ray_train import load_recipe_fn
     from infra.registry import Registry
     from infra.tracking import Tracker, run_guard
@@ -186,7 +189,7 @@ def evaluate_model(
     model_dir = registry.download(f"models:/{name}/{version}", base_dir / f"{name}-v{version}" / "model")
     job = TrainingJob(**json.loads((model_dir / "job.json").read_text()))
     cfg = recipe_config(job.recipe, config, overrides, base=job.config)
-    key = f"eval-{name}-v{version}-{config_hash(cfg, length=8)}"
+    key = run_name("eval", cfg, part=f"{name}-v{version}")
     record_path = evaluation_record_path(root, key)
     if storage.exists(record_path):
         return {**storage.read_json(record_path), "reused": True}

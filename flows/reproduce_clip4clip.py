@@ -135,6 +135,7 @@ def reproduce_clip4clip(
     world = t["make_data"](dataset, root, size, seed)
     # the mini CLIP trains on the world's still frames, not on the ingested clips: both stages run at once. Ray is
     # started here, in the main thread: started from a task thread, its node agents outlive the process.
+    from infra.jobs import training_job
     from infra.ray_train import connect
 
     connect()
@@ -154,22 +155,20 @@ def reproduce_clip4clip(
             fixed[config_key] = storage.join(root, "models", run_names[base], "model.pt")
             after.append(run_names[base])
         config = head_config(feats["stage_uri"], clip, subsets, variant, fixed, size)
-        run_name = f"clip4clip-{variant}-{key}-{_digest(config)}"
-        run_names[variant] = run_name
-        job = {
-            "paper": "clip4clip",
-            "method": "clip4clip",
-            "recipe": "clip4clip",
-            "config": config,
-            "run_name": run_name,
-            "root": root,
-            "metric": "t2v/R@1",
-            "num_workers": num_workers,
-            "dataset_stage": feats["stage_uri"],
-            "tags": {"vlrepro.variant": variant},
-            "after": after,
-        }
-        jobs[variant] = job
+        jobs[variant] = training_job(
+            paper="clip4clip",
+            recipe="clip4clip",
+            config=config,
+            root=root,
+            metric="t2v/R@1",
+            part=variant,
+            data=key,
+            num_workers=num_workers,
+            dataset_stage=feats["stage_uri"],
+            tags={"vlrepro.variant": variant},
+            after=after,
+        )
+        run_names[variant] = jobs[variant]["run_name"]
     order = sorted(chosen, key=SUBMIT_ORDER.index)
     results = stages.train_together(t["train"], [jobs[v] for v in order])
     by_variant = dict(zip(order, results, strict=True))
@@ -184,9 +183,3 @@ def reproduce_clip4clip(
         "seconds": round(time.monotonic() - start, 1),
         "root": storage.join(root),
     }
-
-
-def _digest(config: dict[str, Any]) -> str:
-    from models.config import config_hash
-
-    return config_hash(config, length=8)

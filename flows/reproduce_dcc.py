@@ -30,12 +30,12 @@ reuse it. Only the main chain's final step is registered (model ``dcc``, champio
 **TV-L1 fan-out.** `tvl1_plan` lists one job per committed frames shard (`pipelines.features.tvl1.plan_flow`);
 `tvl1_shard` is mapped over them (Prefect ``.map``), tagged ``"tvl1"``. Concurrency, three ways:
 
-- in this process, at most ``flow_workers`` shards compute at once (a local semaphore; default 2 = this machine's
+- in this process, at most ``flow_workers`` shards compute at once (`infra.fanout`; default 2 = this machine's
   cores; OpenCV releases the GIL inside ``calc``, so threads scale like processes);
 - across flow runs / workers of a deployment: a Prefect tag limit, ``prefect concurrency-limit create tvl1 2``
   (inspect with ``prefect concurrency-limit inspect tvl1``, remove with ``... delete tvl1``);
-- with ``RAY_ADDRESS`` set, each shard runs as a Ray task (``num_cpus=1``, `_flow_shard_on_ray`) on the cluster,
-  which schedules them; the Prefect task only waits for it.
+- with ``RAY_ADDRESS`` set, each shard runs as a Ray task (``num_cpus=1``, `infra.fanout.run_shard`) on the
+  cluster, which schedules them; the Prefect task only waits for it.
 
 The flow → I3D branch runs in Prefect's worker threads while the main thread trains the mini CLIP (a Ray job) and
 extracts the CLIP features, so the 2 cores stay busy during the single-threaded stages.
@@ -56,11 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
-import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,58 +66,26 @@ from prefect.artifacts import create_table_artifact
 from flows import stages
 from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
-from models.config import build, config_hash, merge, to_dict
+from models.config import build
 from models.dcc import VARIANT_EVAL_BRANCH, stage_schedule
-from pipelines import shards, storage
+from pipelines import storage
 from pipelines.features.i3d import I3DFeatureConfig
 from pipelines.features.tvl1 import TVL1Config
-from recipes.dcc import DCCRecipeConfig
-from recipes.spec import load_spec
-
-#: the experiment spec (recipes/configs/dcc/mini-wtal.yaml): the mini DCC config, the per-size overrides of each
-#: job (``dcc``, ``i3d``, ``tvl1``; the mini CLIP's are its own spec, shared by every DAG), the ablation chains
-SPEC = load_spec("dcc", "mini-wtal")
-PAPER = SPEC.paper
-#: the registry's champion metric: THUMOS-style average mAP over tIoU 0.1:0.7 of the CBP branch (the paper infers
-#: from CBP); fractions
-METRIC = SPEC.metric
-MAIN_VARIANT: str = SPEC.extra["main_variant"]
-#: ablation rows in the order of the paper's table
-ABLATIONS: tuple[str, ...] = tuple(SPEC.extra["ablation_chains"])
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    size: {job: SPEC.size_overrides(size, job) for job in ("dcc", "i3d", "tvl1")} for size in SPEC.sizes
-}
-
-_SLOTS: dict[int, threading.BoundedSemaphore] = {}
-_SLOTS_LOCK = threading.Lock()
-
+from recipes.experiments.dcc import (
+    ABLATIONS,
+    MAIN_VARIANT,
+    METRIC,
+    PAPER,
+    SPEC,
+    base_config,
+    feature_configs,
+    job_configs,
+    step_config,
+    step_record,
+    table_row,
+)
 
 # ----- TV-L1 flow, fanned out per shard --------------------------------------------------------------------------
-
-
-def _slots(n: int) -> threading.BoundedSemaphore:
-    with _SLOTS_LOCK:
-        if n not in _SLOTS:
-            _SLOTS[n] = threading.BoundedSemaphore(n)
-        return _SLOTS[n]
-
-
-def _flow_shard_on_ray(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One flow shard as a Ray task on the cluster at ``RAY_ADDRESS`` (one CPU; OpenCV runs single-threaded)."""
-    import ray
-
-    from infra import ray_train
-
-    ray_train.connect()
-
-    def run(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        from pipelines.features.tvl1 import flow_shard
-
-        return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, cfg)).as_dict()
-
-    remote = ray.remote(num_cpus=1, max_retries=2)(run)
-    result: dict[str, Any] = ray.get(remote.remote(job, frames_uri, cfg))
-    return result
 
 
 @task(name="tvl1-plan", retries=1, retry_condition_fn=is_transient)
@@ -135,49 +99,27 @@ def tvl1_plan(frames_uri: str, root: str, dataset: str, cfg: dict[str, Any]) -> 
 
 @task(name="tvl1-shard", retries=1, retry_condition_fn=is_transient, tags=["tvl1"])
 def tvl1_shard(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any], workers: int) -> dict[str, Any]:
-    """TV-L1 flow of one frames shard (idempotent: a committed shard is skipped). On Ray when ``RAY_ADDRESS`` is
-    set; else here, at most `workers` shards at once in this process."""
-    from pipelines.features.tvl1 import flow_shard
+    """TV-L1 flow of one frames shard (idempotent: a committed shard is skipped); where it runs: `infra.fanout`."""
+    from infra import fanout
+    from pipelines.features.tvl1 import flow_shard_json
 
-    if os.environ.get("RAY_ADDRESS"):
-        return _flow_shard_on_ray(job, frames_uri, cfg)
-    with _slots(workers):
-        return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, cfg)).as_dict()
+    return fanout.run_shard(flow_shard_json, job, frames_uri, cfg, slots=workers)
 
 
 @task(name="tvl1-commit", retries=1, retry_condition_fn=is_transient)
 def tvl1_commit(plan: dict[str, Any], frames_uri: str, cfg: dict[str, Any], summaries: list[Any]) -> dict[str, Any]:
     """Commit the flow stage once every shard is; summarise pairs and throughput."""
-    from pipelines.features.tvl1 import finish_flow
+    from pipelines.features.tvl1 import commit_flow_stage
 
-    uri = plan["stage_uri"]
-    stats = finish_flow(uri, frames_uri, build(TVL1Config, cfg), summaries)
-    rows = [r for s in summaries for r in shards.read_rows(uri, s["index"])]
-    pairs = sum(int(r.get("n_pairs") or 0) for r in rows)
-    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
-    return {
-        "stage_uri": uri,
-        "config_hash": stats["config_hash"],
-        "n_samples": stats["n_samples"],
-        "status_counts": stats["status_counts"],
-        "shards": len(summaries),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
-        "pairs": pairs,
-        "pairs_per_worker_second": round(pairs / seconds, 2) if seconds else None,  # per shard worker
-    }
+    return commit_flow_stage(plan["stage_uri"], frames_uri, cfg, summaries)
 
 
 @task(name="i3d-features", retries=1, retry_condition_fn=is_transient)
 def i3d_features(frames_uri: str, flow: dict[str, Any], root: str, dataset: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Two-stream I3D snippet features of the frames and their flow; adds the feature width."""
+    """Two-stream I3D snippet features of the frames and their flow, with the feature width."""
     from pipelines.features.i3d import extract
 
-    out = extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
-    first = shards.committed_shards(out["stage_uri"])[0]
-    shape = next(r for r in shards.read_rows(out["stage_uri"], first) if r["shape"])["shape"]
-    # manifest rows keep the array shape as JSON text ("[T, D]")
-    out["feature_dim"] = int((json.loads(shape) if isinstance(shape, str) else shape)[1])
-    return out
+    return extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
 
 
 # ----- tracking ------------------------------------------------------------------------------------------------------
@@ -195,21 +137,10 @@ def open_parent_run(root: str, run_key: str, params: dict[str, Any]) -> str:
 
 @task(name="dcc-score-predictions", retries=1, retry_condition_fn=is_transient)
 def score_predictions(predictions: str, ground_truth: str) -> dict[str, Any]:
-    """Evaluation of a prediction file exactly as ``vlrepro eval detection`` does it: the ActivityNet result file
-    against the ground truth's test subset, THUMOS14 and ActivityNet tIoUs (fractions)."""
-    from models.common.metrics.detection import ANET_TIOU, THUMOS14_TIOU, detection_map, thumos_summary
-    from pipelines.datasets.wtal import load_mini_wtal, read_predictions
+    """Evaluation of a prediction file exactly as ``vlrepro eval detection`` does it (`recipes.evaluation`)."""
+    from recipes.evaluation.detection import score_mini_wtal
 
-    gt = load_mini_wtal(ground_truth)
-    results = read_predictions(predictions)
-    database = gt.database(gt.protocol.test_subset)
-    thumos = detection_map(database, results, THUMOS14_TIOU, classes=gt.classes)
-    anet = detection_map(database, results, ANET_TIOU, classes=gt.classes)
-    return {
-        "thumos": thumos_summary(thumos),
-        "anet": {f"mAP@{t:.2f}": m for t, m in zip(anet["tiou"], anet["mAP"])} | {"average_mAP": anet["average_mAP"]},
-        "predictions": predictions,
-    }
+    return score_mini_wtal(predictions, ground_truth)
 
 
 @task(name="dcc-log-results", retries=1, retry_condition_fn=is_transient)
@@ -217,19 +148,21 @@ def log_results(root: str, parent_id: str, summary: dict[str, Any], timelines: d
     """Parent run: the main chain's final metrics, the ablation table (an MLflow table artefact), the timeline plots
     (also on the final step's own run); then the parent is marked FINISHED."""
     from infra.plots_wtal import timeline_figure
+    from infra.results import log_results as log_tables
     from infra.tracking import Tracker
     from pipelines.storage import read_json
 
     tracker = Tracker.for_run_root(root)
-    flat = {f"final/{k}": v for k, v in summary["metrics"].items() if _finite(v)}
-    tracker.log_metrics(parent_id, flat, step=0)
-    tracker.log_dict(parent_id, summary, "tables/results.json")
-    table = summary.get("ablations")
-    if table:
-        tracker.client.log_table(parent_id, data=_columns(table), artifact_file="tables/ablations.json")
-        for row in table:
-            metrics = {f"ablation/{row['variant']}/{k}": v for k, v in row.items() if k in TABLE_METRICS and _finite(v)}
-            tracker.log_metrics(parent_id, metrics, step=0)
+    log_tables(
+        tracker,
+        parent_id,
+        paper=PAPER,
+        dataset=summary["dataset"],
+        results=summary,
+        rows=summary.get("ablations"),
+        claims=SPEC.claims,
+        metrics={f"final/{k}": v for k, v in summary["metrics"].items()},
+    )
     plots = []
     for variant, path in timelines.items():
         branch = VARIANT_EVAL_BRANCH[variant]
@@ -245,135 +178,8 @@ def log_results(root: str, parent_id: str, summary: dict[str, Any], timelines: d
     return {"parent_run_id": parent_id, "plots": plots}
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    keys = list(rows[0])
-    return {k: [r.get(k) for r in rows] for k in keys}
-
-
 def _cached(fn: Any, root: str) -> Any:
     return cached_task(fn, root)
-
-
-# ----- configs -----------------------------------------------------------------------------------------------------
-
-
-def job_configs(
-    size: str,
-    user: dict[str, dict[str, Any]] | None = None,
-    variants: list[str] | None = None,
-    ablations: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Every job's config as the DAG would resolve it (``--print-config``): the mini CLIP, TV-L1, I3D and the DCC
-    base every warm-up/B/F step derives from (`step_config`), with what the stages produce as stand-ins (the CBP
-    input width is the I3D network's); `user` are the routed ``--set`` overrides (job kind → overrides)."""
-    user = {kind: {} for kind in ("miniclip", "tvl1", "i3d", "dcc")} | (user or {})
-    tvl1, i3d = feature_configs(size, user)
-    from pipelines.features.i3d import build_two_stream
-
-    width = build_two_stream(build(I3DFeatureConfig, i3d)).feature_dim  # what the I3D stage will report
-    pending_i3d = {"stage_uri": stages.pending("i3d-features"), "feature_dim": width}
-    pending_clip = {"stage_uri": stages.pending("clip-features")}
-    return {
-        "miniclip": stages.mini_clip_config(size, user["miniclip"]),
-        "tvl1": tvl1,
-        "i3d": i3d,
-        "dcc": base_config(stages.PENDING_WORLD, pending_i3d, pending_clip, stages.PENDING_CLIP, size, user["dcc"]),
-    }
-
-
-def feature_configs(size: str, user: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(TV-L1 config, I3D config) as plain dicts: the mini world's I3D is the random-init tiny width (1/16 → 64-d
-    per stream); `i3d.rgb_weights` / `i3d.flow_weights` / `i3d.width=1.0` select pytorch-i3d checkpoints."""
-    tvl1 = merge(TVL1Config(), {**SIZES[size]["tvl1"], **user["tvl1"]})
-    i3d = merge(I3DFeatureConfig.tiny(), {**SIZES[size]["i3d"], **user["i3d"]})
-    return asdict(tvl1), asdict(i3d)
-
-
-def base_config(
-    world: dict[str, Any],
-    i3d: dict[str, Any],
-    clip_features: dict[str, Any],
-    clip: dict[str, Any],
-    size: str,
-    user: dict[str, Any],
-) -> dict[str, Any]:
-    """The mini YAML, the stage URIs, the I3D width, the mini CLIP checkpoint, then size and user overrides."""
-    cfg = merge(build(DCCRecipeConfig), SPEC.base("dcc"))
-    cfg = merge(
-        cfg,
-        {
-            "data.i3d_stage": i3d["stage_uri"],
-            "data.clip_stage": clip_features["stage_uri"],
-            "data.ground_truth": world["annotations"],
-            "data.ground_truth_format": "mini-wtal",
-            "model.cbp.input_dim": i3d["feature_dim"],
-            "model.vlp.clip.arch": clip["clip_arch"],
-            "model.vlp.clip.pretrained": clip["clip_checkpoint"],
-        },
-    )
-    return to_dict(merge(merge(cfg, SIZES[size]["dcc"]), user))
-
-
-def step_config(base: dict[str, Any], stage: str, init_from: str | None) -> dict[str, Any]:
-    return to_dict(merge(build(DCCRecipeConfig, base), {"stage": stage, "init_from": init_from}))
-
-
-def _digest(config: Any) -> str:
-    return config_hash(config, length=8)
-
-
-def _was_finished(root: str, run_name: str) -> bool:
-    from infra.training_job import finished_job
-
-    return finished_job(root, run_name) is not None
-
-
-TABLE_METRICS = ("AVG(0.1:0.5)", "AVG(0.3:0.7)", "AVG(0.1:0.7)", "mAP@0.5", "anet_avg", "cbp_miou", "vlp_miou")
-
-
-def _step_record(i: int, stage: str, result: dict[str, Any], reused: bool) -> dict[str, Any]:
-    return {
-        "step": i,
-        "stage": stage,
-        "run_name": result["run_name"],
-        "run_id": result["run_id"],
-        "model": str(Path(result["model_dir"]) / "model.pt"),
-        "model_dir": result["model_dir"],
-        "metrics": result["metrics"],
-        "model_version": (result.get("registered") or {}).get("version"),
-        "seconds": result.get("seconds"),
-        "reused": reused,
-    }
-
-
-def table_row(variant: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One ablation row: the variant's evaluated branch's average mAPs and both branches' pseudo-label mIoU and
-    phase coverage (share of core / edge / context snippets marked confident foreground)."""
-    branch = VARIANT_EVAL_BRANCH[variant]
-    m = steps[-1]["metrics"]
-
-    def get(key: str) -> float | None:
-        v = m.get(key)
-        return float(v) if isinstance(v, int | float) else None
-
-    row: dict[str, Any] = {
-        "variant": variant,
-        "schedule": " ".join(s["stage"] for s in steps),
-        "branch": branch,
-        **{k: get(f"{branch}/{k}") for k in ("AVG(0.1:0.5)", "AVG(0.3:0.7)", "AVG(0.1:0.7)", "mAP@0.5")},
-        "anet_avg": get(f"{branch}/anet/average_mAP"),
-        "cbp_miou": get("cbp/pseudo/miou"),
-        "vlp_miou": get("vlp/pseudo/miou"),
-    }
-    for b in ("cbp", "vlp"):
-        for phase in ("core", "edges", "context"):
-            row[f"{b}_fg_{phase}"] = get(f"{b}/phase/{phase}/fg")
-    row["run_name"] = steps[-1]["run_name"]
-    return row
 
 
 # ----- the flow ----------------------------------------------------------------------------------------------------
@@ -412,10 +218,9 @@ def reproduce_dcc(
     frames_uri = frames["stage_uri"]
 
     # branch 1 (worker threads): TV-L1 per shard → commit → I3D
-    if os.environ.get("RAY_ADDRESS"):
-        from infra import ray_train
+    from infra import fanout
 
-        ray_train.connect()  # from the main thread, before any shard task needs it
+    fanout.prepare()  # a cluster is joined from the main thread, before any shard task needs it
     plan = _cached(tvl1_plan, root)(frames_uri, root, key, tvl1_cfg)
     shard_futures = _cached(tvl1_shard, root).map(plan["jobs"], unmapped(frames_uri), unmapped(tvl1_cfg), flow_workers)
     flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
@@ -428,7 +233,10 @@ def reproduce_dcc(
 
     base = base_config(world, i3d, clip_feats, clip, size, user["dcc"])
     rounds = int(base["model"]["stages"]["rounds"])
-    parent_key = f"dcc-dag-{key}-{_digest(base)}"
+    from infra.jobs import run_name as job_name
+    from infra.jobs import training_job, was_finished
+
+    parent_key = job_name(PAPER, base, part="dag", data=key)
     parent_id = open_parent_run(root, parent_key, {"dataset": key, "size": size, "config": base})
     finished: dict[str, dict[str, Any]] = {}  # run name → step record, within this flow run
 
@@ -439,29 +247,29 @@ def reproduce_dcc(
         schedule = stage_schedule(variant, rounds)
         for i, stage in enumerate(schedule):
             config = step_config(base, stage, previous)
-            run_name = f"dcc-{i}{stage}-{key}-{_digest(config)}"
+            job = training_job(
+                paper=PAPER,
+                recipe="dcc",
+                config=config,
+                root=root,
+                metric=METRIC,
+                part=f"{i}{stage}",
+                data=key,
+                num_workers=num_workers,
+                register=register and i == len(schedule) - 1,
+                dataset_stage=i3d["stage_uri"],
+                tags={
+                    "mlflow.parentRunId": parent_id,
+                    "vlrepro.stage": stage,
+                    "vlrepro.step": str(i),
+                    "vlrepro.dataset": key,
+                },
+            )
+            run_name = job["run_name"]
             if run_name not in finished:
-                reused = _was_finished(root, run_name)
-                job = {
-                    "paper": PAPER,
-                    "method": PAPER,
-                    "recipe": "dcc",
-                    "config": config,
-                    "run_name": run_name,
-                    "root": root,
-                    "metric": METRIC,
-                    "num_workers": num_workers,
-                    "register": register and i == len(schedule) - 1,
-                    "dataset_stage": i3d["stage_uri"],
-                    "tags": {
-                        "mlflow.parentRunId": parent_id,
-                        "vlrepro.stage": stage,
-                        "vlrepro.step": str(i),
-                        "vlrepro.dataset": key,
-                    },
-                }
+                reused = was_finished(job)
                 result = train.with_options(task_run_name=f"dcc-step{i}-{stage}")(job)
-                finished[run_name] = _step_record(i, stage, result, reused)
+                finished[run_name] = step_record(i, stage, result, reused)
             steps.append(finished[run_name])
             previous = finished[run_name]["model"]
         return steps

@@ -37,7 +37,6 @@ only: ``pretrain.`` (`LocVTPRecipeConfig`: ``pretrain.train.epochs=4``, ``pretra
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,29 +46,20 @@ from prefect import flow, task
 from flows import stages
 from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
-from models.config import build, config_hash, merge, to_dict
+from models.config import build, merge, to_dict
 from pipelines import storage
-from recipes.grounding import GroundingRecipeConfig
-from recipes.locvtp import LocVTPRecipeConfig
-from recipes.spec import load_spec
-
-#: the experiment spec (recipes/configs/locvtp/mini-grounding.yaml): the pre-training and grounding base configs, the
-#: per-size overrides of each job (the mini CLIP's are its own spec, shared by every DAG), the ablations
-SPEC = load_spec("locvtp", "mini-grounding")
-PAPER = SPEC.paper
-PRETRAIN_METRIC = SPEC.metric
-GROUNDING_METRIC: str = SPEC.extra["grounding_metric"]
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    size: {job: SPEC.size_overrides(size, job) for job in ("pretrain", "grounding")} for size in SPEC.sizes
-}
-#: ablations of METHODS §5 as pre-training overrides: name → (group, overrides); "full" (the paper's method) is the
-#: main run
-ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    name: (a["group"], dict(a["overrides"])) for name, a in SPEC.extra["ablations"].items()
-}
-#: where the main run sits in each ablation group
-FULL_IN_GROUP: dict[str, str] = SPEC.extra["full_in_group"]
-
+from recipes.experiments.locvtp import (
+    ABLATIONS,
+    FULL_IN_GROUP,
+    GROUNDING_METRIC,
+    PAPER,
+    PRETRAIN_METRIC,
+    SPEC,
+    grounding_config,
+    job_configs,
+    pretrain_config,
+    table_row,
+)
 
 # ----- tasks -------------------------------------------------------------------------------------------------------
 
@@ -117,140 +107,32 @@ def retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[s
 @task(name="locvtp-summary", retries=1, retry_condition_fn=is_transient)
 def log_summary(root: str, run_key: str, summary: dict[str, Any]) -> str:
     """One MLflow run per (dataset, results) in experiment ``locvtp`` holding the result tables as JSON artefacts."""
+    from infra.results import log_results
     from infra.tracking import Tracker, run_guard
 
     tracker = Tracker.for_run_root(root)
     params = {"dataset": summary["dataset"], "jobs": sorted(summary["jobs"])}
     run_id = tracker.start_or_resume(PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "summary"})
     with run_guard(tracker, run_id):
-        tracker.log_dict(run_id, summary["results"], "tables/results.json")
-        if summary.get("ablations"):
-            tracker.log_dict(run_id, summary["ablations"], "tables/ablations.json")
-        flat = {
-            f"{name}/{metric}": value
-            for name, block in summary["results"]["grounding"].items()
-            for metric, value in block.items()
-            if isinstance(value, float) and math.isfinite(value)
-        }
-        tracker.log_metrics(run_id, flat, step=0)
+        log_results(
+            tracker,
+            run_id,
+            paper=PAPER,
+            dataset=summary["dataset"],
+            results=summary["results"],
+            rows=summary.get("ablations"),
+            claims=SPEC.claims,
+            metrics={
+                f"{name}/{metric}": value
+                for name, block in summary["results"]["grounding"].items()
+                for metric, value in block.items()
+            },
+        )
     return run_id
 
 
 def _cached(fn: Any, root: str) -> Any:
     return cached_task(fn, root)
-
-
-# ----- configs -----------------------------------------------------------------------------------------------------
-
-
-def _yaml() -> dict[str, Any]:
-    pretrain, grounding = SPEC.base("pretrain"), SPEC.base("grounding")
-    return {
-        "model": pretrain["model"],
-        "train": pretrain["train"],
-        "grounding": grounding["model"],
-        "grounding_train": grounding["train"],
-    }
-
-
-def pretrain_config(
-    clip: dict[str, Any], world: dict[str, Any], size: str, user: dict[str, Any], variant: dict[str, Any]
-) -> LocVTPRecipeConfig:
-    """The mini YAML, the mini CLIP checkpoint, token input, the world's query files, then size, variant and user
-    overrides (data.stage is set once the prefix stage exists)."""
-    raw = _yaml()
-    cfg = build(LocVTPRecipeConfig, {"model": raw["model"], "train": raw["train"]})
-    cfg = merge(
-        cfg,
-        {
-            "model.clip.arch": clip["clip_arch"],
-            "model.clip.pretrained": clip["clip_checkpoint"],
-            "model.input": "tokens",
-            "data.train_queries": world["extra_files"]["charades_sta_train"],
-            "data.test_queries": world["extra_files"]["charades_sta_test"],
-        },
-    )
-    return merge(merge(merge(cfg, SIZES[size]["pretrain"]), variant), user)
-
-
-def grounding_config(
-    features_uri: str, query_uri: str, world: dict[str, Any], size: str, user: dict[str, Any]
-) -> dict[str, Any]:
-    raw = _yaml()
-    cfg = build(GroundingRecipeConfig, {"model": raw["grounding"], "train": raw["grounding_train"]})
-    cfg = merge(
-        cfg,
-        {
-            "data.stage": features_uri,
-            "data.query_stage": query_uri,
-            "data.train_queries": world["extra_files"]["charades_sta_train"],
-            "data.test_queries": world["extra_files"]["charades_sta_test"],
-        },
-    )
-    return to_dict(merge(merge(cfg, SIZES[size]["grounding"]), user))
-
-
-def job_configs(
-    size: str,
-    user: dict[str, dict[str, Any]] | None = None,
-    variants: list[str] | None = None,
-    ablations: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Every job's config as the DAG would resolve it (``--print-config``): the mini CLIP, the pre-training (and with
-    `ablations` each ablation's), the grounding head, with what the stages produce as stand-ins; `user` are the routed
-    ``--set`` overrides (job kind → overrides)."""
-    user = {kind: {} for kind in ("miniclip", "pretrain", "grounding")} | (user or {})
-    out = {"miniclip": stages.mini_clip_config(size, user["miniclip"])}
-    chosen: dict[str, dict[str, Any]] = {"full": {}}
-    if ablations:
-        chosen |= {name: overrides for name, (_, overrides) in ABLATIONS.items()}
-    for name, variant in chosen.items():
-        cfg = pretrain_config(stages.PENDING_CLIP, stages.PENDING_WORLD, size, user["pretrain"], variant)
-        out[f"pretrain/{name}"] = to_dict(merge(cfg, {"data.stage": stages.pending("locvtp-prefix")}))
-    out["grounding"] = grounding_config(
-        stages.pending("clip-grounding features"),
-        stages.pending("query"),
-        stages.PENDING_WORLD,
-        size,
-        user["grounding"],
-    )
-    return out
-
-
-def _digest(config: Any) -> str:
-    return config_hash(config, length=8)
-
-
-def _job(
-    recipe: str, method: str, run_name: str, config: dict[str, Any], root: str, metric: str, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "paper": PAPER,
-        "method": method,
-        "recipe": recipe,
-        "config": config,
-        "run_name": run_name,
-        "root": root,
-        "metric": metric,
-        **extra,
-    }
-
-
-def _was_finished(root: str, run_name: str) -> bool:
-    from infra.training_job import finished_job
-
-    return finished_job(root, run_name) is not None
-
-
-def _record(result: dict[str, Any], reused: bool, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    metrics = result["metrics"] if keys is None else {k: result["metrics"].get(k) for k in keys}
-    return {
-        "metrics": metrics,
-        "run_id": result["run_id"],
-        "run_name": result["run_name"],
-        "model_version": (result.get("registered") or {}).get("version"),
-        "reused": reused,
-    }
 
 
 # ----- the flow ----------------------------------------------------------------------------------------------------
@@ -267,6 +149,9 @@ def reproduce_locvtp(
     ablations: bool = False,
 ) -> dict[str, Any]:
     start = time.monotonic()
+    from infra.jobs import run_name as job_name
+    from infra.jobs import training_job, was_finished
+
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
     if dataset != "mini-grounding":
         raise ValueError(
@@ -292,22 +177,45 @@ def reproduce_locvtp(
         cfg = pretrain_config(clip, world, size, user["pretrain"], variant)
         prefix = prefix_task(frames["stage_uri"], root, key, to_dict(cfg.model))
         config = to_dict(merge(cfg, {"data.stage": prefix["stage_uri"]}))
-        run_name = f"locvtp-{name}-{key}-{_digest(config)}"
-        reused = _was_finished(root, run_name)
-        job = _job("locvtp", "locvtp", run_name, config, root, PRETRAIN_METRIC, num_workers=num_workers)
-        result = t["train"]({**job, "register": register, "dataset_stage": prefix["stage_uri"], "tags": _tags(name)})
+        job = training_job(
+            paper=PAPER,
+            recipe="locvtp",
+            config=config,
+            root=root,
+            metric=PRETRAIN_METRIC,
+            part=name,
+            data=key,
+            num_workers=num_workers,
+            register=register,
+            dataset_stage=prefix["stage_uri"],
+            tags=_tags(name),
+        )
+        reused = was_finished(job)
+        result = t["train"](job)
         feats = features_task(
             prefix["stage_uri"], root, key, config["model"], str(Path(result["model_dir"]) / "model.pt")
         )
-        return {"prefix": prefix, "config": config, "job": _record(result, reused), "features": feats}
+        return {"prefix": prefix, "config": config, "job": stages.job_summary(result, reused), "features": feats}
 
     def ground(name: str, method: str, features_uri: str, query_uri: str, register: bool) -> dict[str, Any]:
         config = grounding_config(features_uri, query_uri, world, size, user["grounding"])
-        run_name = f"{method}-{name}-{key}-{_digest(config)}"
-        reused = _was_finished(root, run_name)
-        job = _job("grounding", method, run_name, config, root, GROUNDING_METRIC, num_workers=num_workers)
-        result = t["train"]({**job, "register": register, "dataset_stage": features_uri, "tags": _tags(name)})
-        return _record(result, reused)
+        job = training_job(
+            paper=PAPER,
+            method=method,
+            recipe="grounding",
+            config=config,
+            root=root,
+            metric=GROUNDING_METRIC,
+            part=name,
+            data=key,
+            num_workers=num_workers,
+            register=register,
+            dataset_stage=features_uri,
+            tags=_tags(name),
+        )
+        reused = was_finished(job)
+        result = t["train"](job)
+        return stages.job_summary(result, reused)
 
     main = pretrain("full", {}, register=True)
     # the baseline: the very same encoder config at init (no LocVTP checkpoint) on the same prefix stage
@@ -332,7 +240,7 @@ def reproduce_locvtp(
         "retrieval": retrieval,
         "pretrain": main["job"]["metrics"],
     }
-    summary_key = f"locvtp-summary-{key}-{_digest({'results': results, 'ablations': table})}"
+    summary_key = job_name(PAPER, {"results": results, "ablations": table}, part="summary", data=key)
     summary_run = summary_task(
         root, summary_key, {"dataset": key, "jobs": sorted(set(jobs)), "results": results, "ablations": table}
     )
@@ -359,9 +267,6 @@ def _tags(variant: str) -> dict[str, str]:
     return {"vlrepro.variant": variant}
 
 
-GROUNDING_KEYS = tuple(f"R@{n},IoU@{m}" for n in (1, 5) for m in ("0.3", "0.5", "0.7"))
-
-
 def _ablation_table(
     pretrain: Any,
     ground: Any,
@@ -374,24 +279,13 @@ def _ablation_table(
 ) -> list[dict[str, Any]]:
     """One row per (group, variant): the main run in every group, each ablation a pre-training + features + head."""
 
-    def row(group: str, variant: str, pre: dict[str, Any] | None, head: dict[str, Any], ret: dict[str, Any]) -> dict:
-        return {
-            "group": group,
-            "variant": variant,
-            **{k: head["metrics"].get(k) for k in GROUNDING_KEYS},
-            "retrieval t2v/R@1": ret["t2v"]["R@1"],
-            "retrieval within/R@1": ret["within"]["R@1"],
-            "pretrain_run": None if pre is None else pre["job"]["run_name"],
-            "grounding_run": head["run_name"],
-        }
-
-    rows = [row("baseline", "no pre-training", None, grounding["baseline"], retrieval["baseline"])]
+    rows = [table_row("baseline", "no pre-training", None, grounding["baseline"], retrieval["baseline"])]
     done: dict[str, dict[str, Any]] = {}
     for name, (group, variant) in ABLATIONS.items():
         pre = pretrain(name, variant, register=False)
         head = ground(name, "locvtp-grounding", pre["features"]["stage_uri"], query_uri, register=False)
-        done[name] = row(group, name, pre, head, retrieval_task(pre["features"]["stage_uri"], test_queries))
+        done[name] = table_row(group, name, pre, head, retrieval_task(pre["features"]["stage_uri"], test_queries))
     for group, full_name in FULL_IN_GROUP.items():
-        rows.append(row(group, f"{full_name} (full)", main, grounding["locvtp"], retrieval["locvtp"]))
+        rows.append(table_row(group, f"{full_name} (full)", main, grounding["locvtp"], retrieval["locvtp"]))
         rows += [r for r in done.values() if r["group"] == group]
     return rows

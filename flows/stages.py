@@ -20,76 +20,24 @@ from prefect import task
 
 from flows.runtime import cached_task, is_transient
 from models.common.clip import ClipConfig
-from models.config import config_hash, merge, to_dict
+from models.config import merge, to_dict
 from pipelines import storage
-from recipes.overrides import route
-from recipes.spec import PaperSpec, load_spec
 
-#: the mini CLIP every mini-world DAG pre-trains, one spec (recipes/configs/mini-clip/mini-world.yaml) for all of them,
-#: so one run name (the config's hash) always means one model, whichever paper trained it first
-MINI_CLIP = load_spec("mini-clip", "mini-world")
-#: ingest settings of the mini datasets (frame rate by timestamp, 64 px frames = the mini CLIP's input)
-MINI_INGEST: dict[str, dict[str, Any]] = MINI_CLIP.extra["ingest"]
-#: the mini CLIP's overrides per world size (see the spec for the measurements behind them)
-MINI_CLIP_SIZES: dict[str, dict[str, Any]] = {
-    size: MINI_CLIP.size_overrides(size, "miniclip") for size in MINI_CLIP.sizes
-}
-
-
-def mini_clip_overrides(size: str, user: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The mini CLIP's config overrides for a world size, then the user's (``--set miniclip.…``)."""
-    if size not in MINI_CLIP_SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {list(MINI_CLIP_SIZES)}")
-    return {**MINI_CLIP_SIZES[size], **(user or {})}
-
-
-#: stand-ins for what the DAG's stages produce, in configs resolved before anything runs (`--print-config`)
-PENDING_CLIP: dict[str, str] = {"clip_arch": "vlrepro-mini", "clip_checkpoint": "<mini CLIP checkpoint (clip.pt)>"}
-PENDING_WORLD: dict[str, Any] = {
-    "annotations": "<the world's annotations.json>",
-    "extra_files": {
-        "charades_sta_train": "<the world's train queries>",
-        "charades_sta_test": "<the world's test queries>",
-    },
-}
-
-
-def pending(stage: str) -> str:
-    """The stand-in of a stage's URI."""
-    return f"<{stage} stage>"
-
-
-def mini_clip_config(size: str, user: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The mini CLIP job's config at `size` with the user's overrides (its training pairs: a stand-in)."""
-    from recipes.miniclip import MiniClipConfig
-
-    return to_dict(merge(MiniClipConfig(image_text="<the world's image_text.npz>"), mini_clip_overrides(size, user)))
-
-
-def variant_job_configs(
-    spec: PaperSpec, size: str, user: dict[str, dict[str, Any]] | None, chosen: list[str], config: Any
-) -> dict[str, dict[str, Any]]:
-    """A one-job-kind DAG's `job_configs` (STAN, UCoFiA): the mini CLIP, then ``<paper>/<variant>`` for each chosen
-    variant, ``config(variant, that kind's user overrides)`` building it with stand-ins for stage outputs."""
-    user = user or {}
-    out = {"miniclip": mini_clip_config(size, user.get("miniclip"))}
-    for variant in chosen:
-        out[f"{spec.paper}/{variant}"] = config(variant, user.get(spec.paper, {}))
-    return out
-
-
-def route_overrides(overrides: dict[str, Any] | None, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The user's ``--set`` overrides split among a DAG's kinds of job (`recipes.overrides.route`); `configs` is the
-    flow's `job_configs` (job name → config; ``kind/variant`` names share their kind's keys)."""
-    kinds: dict[str, dict[str, Any]] = {}
-    for name, config in configs.items():
-        kinds.setdefault(name.split("/")[0], config)
-    return route(overrides or {}, kinds)
-
-
-def dataset_key(name: str, size: str, seed: int) -> str:
-    """Stage folder name of a generated dataset: one per (name, size, seed)."""
-    return f"{name}-{size}-s{seed}"
+# what every mini-world DAG shares, decided in the pure layer (`recipes.experiments`); re-exported for the flows
+from recipes.experiments import (
+    MINI_CLIP,
+    MINI_CLIP_SIZES,
+    MINI_INGEST,
+    PENDING_CLIP,
+    PENDING_WORLD,
+    dataset_key,
+    job_summary,
+    mini_clip_config,
+    mini_clip_overrides,
+    pending,
+    route_overrides,
+    variant_job_configs,
+)
 
 
 @task(name="make-data", retries=1, retry_condition_fn=is_transient)
@@ -102,22 +50,24 @@ def make_data(name: str, root: str, size: str, seed: int) -> dict[str, Any]:
 @task(name="pretrain-mini-clip", retries=1, retry_condition_fn=is_transient)
 def pretrain_mini_clip(root: str, dataset: str, image_text: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The project's mini CLIP on the dataset's frame–caption pairs, registered in MLflow as ``mini-clip``."""
+    from infra.jobs import training_job
     from infra.training_job import TrainingJob, run_job
     from recipes.miniclip import MiniClipConfig
 
     cfg = merge(MiniClipConfig(image_text=image_text), overrides)
     config = to_dict(cfg)
-    job = TrainingJob(
+    job = training_job(
         paper="mini-clip",
-        method="mini-clip",
         recipe="miniclip",
         config=config,
-        run_name=f"miniclip-{dataset}-{config_hash({**config, 'image_text': Path(image_text).name})}",
         root=root,
         metric="frame2caption/R@1",
+        who="miniclip",
+        data=dataset,
+        identity={**config, "image_text": Path(image_text).name},  # the same pairs under another run root
         tags={"vlrepro.dataset": dataset},
     )
-    out = run_job(job)
+    out = run_job(TrainingJob(**job))
     out["clip_checkpoint"] = str(Path(out["model_dir"]) / "clip.pt")
     out["clip_arch"] = cfg.clip.arch
     return out
@@ -214,3 +164,25 @@ def cached(root: str) -> dict[str, Any]:
             ("train", train),
         )
     }
+
+
+__all__ = [
+    "MINI_CLIP",
+    "MINI_CLIP_SIZES",
+    "MINI_INGEST",
+    "PENDING_CLIP",
+    "PENDING_WORLD",
+    "cached",
+    "dataset_key",
+    "job_summary",
+    "make_data",
+    "mini_clip_config",
+    "mini_clip_overrides",
+    "mini_clip_summary",
+    "pending",
+    "pretrain_mini_clip",
+    "route_overrides",
+    "train",
+    "train_together",
+    "variant_job_configs",
+]

@@ -25,6 +25,7 @@ extraction.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -292,7 +293,19 @@ def extract(
         "status_counts": stats["status_counts"],
         "seconds": round(time.monotonic() - start, 3),
         "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
+        "feature_dim": _feature_dim(uri),
     }
+
+
+def _feature_dim(uri: str) -> int | None:
+    """The per-snippet feature width recorded in the stage's manifest (what a model reading the stage is built for);
+    None for a stage without a decoded sample."""
+    for i in shards.committed_shards(uri):
+        for row in shards.read_rows(uri, i):
+            if row.get("shape"):
+                shape = row["shape"]  # manifest rows keep the array shape as JSON text ("[T, D]")
+                return int((json.loads(shape) if isinstance(shape, str) else shape)[1])
+    return None
 
 
 # ------------------------------------------------------------------------------------- released feature files

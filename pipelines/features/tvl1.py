@@ -284,6 +284,35 @@ def flow_shard(
     return shards.run_shard(job, process_items=process_items, extra_stats={"bound": cfg.bound})
 
 
+def flow_shard_json(job: Mapping[str, Any], frames_uri: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`flow_shard` over JSON values (a job dict, a config dict): what a DAG's task or a Ray task on a cluster runs."""
+    from models.config import build
+
+    return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, dict(cfg))).as_dict()
+
+
+def commit_flow_stage(
+    uri: str, frames_uri: str, cfg: Mapping[str, Any], summaries: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Commit the flow stage once every shard is (`finish_flow`); summarise samples, pairs and throughput."""
+    from models.config import build
+
+    stats = finish_flow(uri, frames_uri, build(TVL1Config, dict(cfg)), summaries)
+    rows = [r for s in summaries for r in shards.read_rows(uri, s["index"])]
+    pairs = sum(int(r.get("n_pairs") or 0) for r in rows)
+    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
+    return {
+        "stage_uri": uri,
+        "config_hash": stats["config_hash"],
+        "n_samples": stats["n_samples"],
+        "status_counts": stats["status_counts"],
+        "shards": len(summaries),
+        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
+        "pairs": pairs,
+        "pairs_per_worker_second": round(pairs / seconds, 2) if seconds else None,  # per shard worker
+    }
+
+
 def finish_flow(uri: str, frames_uri: str, cfg: TVL1Config, summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Commit the flow stage (``_stats.json`` last); return its stats."""
     h = stage_hash(_frames_hash(frames_uri), cfg)

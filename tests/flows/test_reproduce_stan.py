@@ -115,7 +115,8 @@ def test_a_relative_root_rerun_after_a_failure_recovers_and_records_absolute_pat
 
 
 def test_ablation_table_rows_markdown_and_one_mlflow_summary_run(tmp_path: Path) -> None:
-    from flows.ablations import Row, build_table, log_table, markdown_table
+    from flows.ablations import Row, build_table, log_table
+    from infra.results import markdown_table
     from infra.tracking import Tracker
 
     def report(r1: float) -> dict[str, Any]:
@@ -142,7 +143,8 @@ def test_ablation_table_rows_markdown_and_one_mlflow_summary_run(tmp_path: Path)
     tracker = Tracker.for_run_root(root)
     runs = tracker.client.search_runs([tracker.get_or_create_experiment("paper")])
     assert [r.info.run_id for r in runs] == [first["run_id"]] and runs[0].info.status == "FINISHED"
-    assert runs[0].data.metrics["ablated/t2v R_at_1"] == 30.0 and runs[0].data.metrics["full.raw/t2v R_at_1"] == 40.0
+    metrics = runs[0].data.metrics
+    assert metrics["ablation/ablated/t2v R_at_1"] == 30.0 and metrics["ablation/full.raw/t2v R_at_1"] == 40.0
     local = Path(tracker.client.download_artifacts(first["run_id"], "tables", str(tmp_path / "dl")))
     assert json.loads((local / "ablations.json").read_text())["rows"] == table
     assert (local / "ablations.md").read_text().startswith("\n".join(md[:2]))

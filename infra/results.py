@@ -1,0 +1,113 @@
+"""One results schema for every paper: what a DAG's summary run holds in MLflow, logged the same way by all of them.
+
+A DAG ends with one MLflow run of its own (the summary or parent run) holding::
+
+    tables/results.json          {"schema": 1, "paper", "dataset", "results": {...}}     the headline results
+    tables/ablations.json        {"schema": 1, "paper", "dataset", "claims": {group: claim}, "rows": [row, ...]}
+    tables/ablations.md          the rows as a markdown table, then the claims
+    tables/ablations_table.json  the rows in MLflow's table format (the UI's table view)
+    metrics                      ``ablation/<variant>[.<block>]/<column>`` for every finite number of a row, plus the
+                                 DAG's own headline metrics (``final/…``), all at step 0
+
+Rows are flat dicts (one per ablation row; a row names its ``variant`` and, for a second block of the same job, its
+``block``); claims are the spec's `recipes.spec.PaperSpec.claims`. Readers (`read_table`) get the same structure
+whatever the paper. Flows call this module; none of them touches the MLflow client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from infra.tracking import Tracker, mlflow_key
+
+SCHEMA = 1
+RESULTS_JSON = "tables/results.json"
+TABLE_JSON = "tables/ablations.json"
+TABLE_MARKDOWN = "tables/ablations.md"
+TABLE_UI = "tables/ablations_table.json"
+#: columns of a row that identify it, not measure it (never in the markdown table)
+_ID_COLUMNS = ("run_name", "run_id", "block")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}" if math.isfinite(value) else "nan"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-markdown table of `rows` (all keys of the first row but its ids, unless `columns` is given)."""
+    if not rows:
+        return ""
+    cols = list(columns) if columns is not None else [c for c in rows[0] if c not in _ID_COLUMNS]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def row_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``ablation/<variant>[.<block>]/<column>`` → value, for every finite number of every row."""
+    out: dict[str, float] = {}
+    for row in rows:
+        name = f"{row['variant']}{'.' + row['block'] if row.get('block') else ''}"
+        for column, value in row.items():
+            if column not in _ID_COLUMNS and _finite(value):
+                out[mlflow_key(f"ablation/{name}/{column}")] = float(value)
+    return out
+
+
+def log_results(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    paper: str,
+    dataset: str,
+    results: Mapping[str, Any] | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    claims: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> None:
+    """Log a DAG's results (and its ablation table, when it has one) to run `run_id` in the one schema.
+
+    Idempotent: the same call again rewrites the same artefacts and metric values (MLflow's table artefact appends
+    to an existing file, so it is written once per run).
+    """
+    head = {"schema": SCHEMA, "paper": paper, "dataset": dataset}
+    if results is not None:
+        tracker.log_dict(run_id, {**head, "results": dict(results)}, RESULTS_JSON)
+    numeric = {mlflow_key(k): float(v) for k, v in (metrics or {}).items() if _finite(v)}
+    if rows:
+        table = [dict(r) for r in rows]
+        tracker.log_dict(run_id, {**head, "claims": dict(claims or {}), "rows": table}, TABLE_JSON)
+        claim_lines = "\n".join(f"- **{group}**: {claim}" for group, claim in (claims or {}).items())
+        tracker.client.log_text(run_id, markdown_table(table) + "\n\n" + claim_lines + "\n", TABLE_MARKDOWN)
+        logged = {f.path for f in tracker.client.list_artifacts(run_id, "tables")}
+        if TABLE_UI not in logged:
+            columns = list(dict.fromkeys(c for r in table for c in r))
+            tracker.client.log_table(run_id, {c: [_ui(r.get(c)) for r in table] for c in columns}, TABLE_UI)
+        numeric.update(row_metrics(table))
+    if numeric:
+        tracker.log_metrics(run_id, numeric, step=0)
+
+
+def _ui(value: Any) -> Any:
+    """A table cell MLflow's table view can show (it wants scalars in a column)."""
+    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value, default=str)
+
+
+def read_table(tracker: Tracker, run_id: str, dest: str) -> dict[str, Any]:
+    """The ablation table of a summary run (``{"schema", "paper", "dataset", "claims", "rows"}``), downloaded to
+    `dest`."""
+    path = tracker.client.download_artifacts(run_id, TABLE_JSON, dest)
+    with open(path) as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
