@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pipelines.procs import with_parent_death_signal  # one implementation, shared with ffmpeg runs
+
 REPO = Path(__file__).resolve().parents[1]
 ZOMBIE_AUTOMATION = REPO / "infra" / "prefect" / "zombie-flows.automation.json"
 DEFAULT_POOL = "vlrepro-process"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ServiceError(RuntimeError):
@@ -66,25 +67,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-#: Runs first in every child: asks the kernel for SIGTERM when this process (its parent) dies, exits if that already
-#: happened, then execs the real command. The death signal survives ``execve``; a launcher instead of ``preexec_fn``
-#: because forking a process that holds threads (Prefect's client starts some) must not run Python before exec.
-_LAUNCHER = (
-    "import ctypes, os, sys\n"
-    "ppid = int(sys.argv[1])\n"
-    "if sys.platform.startswith('linux'):\n"
-    f"    ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGTERM)})\n"
-    "if os.getppid() != ppid:\n"
-    "    sys.exit(0)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """`argv` wrapped so the child gets SIGTERM if this process dies without stopping it (Linux; best effort)."""
-    return [sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

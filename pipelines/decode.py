@@ -13,15 +13,25 @@ Status of a decode (exactly one per input, never an exception for a bad input):
 | ``failed_decode`` | probed, but no frame could be decoded (or, in strict mode, any decoder error) |
 | ``timeout`` | probe or decode ran past its time limit and was killed |
 | ``empty`` | zero-byte file, or a video stream with zero duration |
-| ``missing`` | the path does not exist |
+| ``missing`` | the path does not exist (also a broken symbolic link or a link loop) |
+| ``too_long`` | longer than ``max_duration_s``, or its frames would pass ``max_sample_bytes``; nothing is kept |
 
 ffmpeg exits 0 on many broken inputs (a truncated faststart MP4 decodes 8/20 frames with rc 0), so success is judged
 by the frame count against ``duration × fps`` and by stderr, never by the exit code alone.
+
+Bounded: a clip's frames are written into one preallocated array sized from the probe (no list of frames plus a
+stacked copy), ffmpeg is told to stop one frame past the budget (``-frames:v``), and a video whose frames would pass
+``max_sample_bytes`` (or whose duration passes ``max_duration_s``) becomes a ``too_long`` row, decided from the probe
+before decoding when the container tells the truth and at the budget when it lies.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import numbers
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +40,21 @@ from typing import Literal
 import ffmpeg
 import numpy as np
 
-from pipelines.ffmpeg import ProbeError, ProbeInfo, ffmpeg_binary, input_arg, probe, run_streaming
+from pipelines.ffmpeg import (
+    ProbeError,
+    ProbeInfo,
+    Stopped,
+    ffmpeg_binary,
+    input_arg,
+    printable_path,
+    probe,
+    run_streaming,
+    stopping,
+)
 
-Status = Literal["ok", "decoded_with_errors", "failed_probe", "failed_decode", "timeout", "empty", "missing"]
+Status = Literal[
+    "ok", "decoded_with_errors", "failed_probe", "failed_decode", "timeout", "empty", "missing", "too_long"
+]
 STATUSES: tuple[Status, ...] = (
     "ok",
     "decoded_with_errors",
@@ -41,31 +63,71 @@ STATUSES: tuple[Status, ...] = (
     "timeout",
     "empty",
     "missing",
+    "too_long",
 )
 #: statuses whose frames are kept in the shards
 USABLE: frozenset[str] = frozenset({"ok", "decoded_with_errors"})
 
 
+#: Upper bounds of the settings: beyond them a value is a typo (``--fps 1e9`` ran every decode to its timeout at 2 GB),
+#: not a use case. Sources above 240 fps are rare and sampling above the source rate only repeats frames.
+MAX_FPS = 240.0
+MAX_SIDE = 4096  # pixels, short side and crop
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_SAMPLE_BYTES_LIMIT = 64 * 2**30
+#: Default per-sample cap: 512 MiB, about 57 min of 224² frames at 1 fps. Above it a video is ``too_long``.
+DEFAULT_MAX_SAMPLE_BYTES = 512 * 2**20
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
-    """How frames are sampled and shaped. Every field changes the output, so all of them enter the config hash."""
+    """How frames are sampled and shaped. Every field that changes a kept sample enters the config hash; the time and
+    size limits only decide *whether* a sample is kept, so `IngestConfig.hash` leaves them out."""
 
     fps: float = 1.0  # sampling rate by timestamp (ffmpeg `fps` filter); CLIP4Clip samples 1 fps (paper §4.1)
     short_side: int = 224  # resize so the shorter side has this many pixels (CLIP4Clip/STAN: 224)
     crop: int = 224  # centre crop to crop×crop after resizing; 0 keeps the resized frame
-    max_frames: int = 0  # stop after this many frames (0 = no limit)
+    max_frames: int = 0  # keep only the first this many frames (0 = no limit); a truncated decode is still `ok`
     strict: bool = False  # `-xerror`: stop at the first decoder error and report failed_decode
     short_tolerance: int = 1  # frames fewer than floor(duration × fps) tolerated before flagging a short decode
     timeout_s: float = 600.0  # hard limit for one decode (whole process group killed)
     probe_timeout_s: float = 30.0  # hard limit for one probe
+    max_duration_s: float = 0.0  # longer videos are `too_long` (0 = no limit but the byte cap)
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES  # frames of one sample past this are `too_long`
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
-        if self.short_side <= 0 or self.crop < 0 or (self.crop and self.crop > self.short_side):
+        # Every bound is checked here so that the CLI, the Prefect flow and library callers refuse the same values
+        # (the CLI turns the ValueError into exit code 2). NaN compares false to everything: test finiteness first.
+        _check_number("fps", self.fps, 0.0, MAX_FPS, zero_ok=False)
+        _check_int("short_side", self.short_side, 1, MAX_SIDE)
+        _check_int("crop", self.crop, 0, MAX_SIDE)
+        if self.crop and self.crop > self.short_side:
             raise ValueError(
                 f"need 0 < crop <= short_side (or crop 0); got crop={self.crop}, short_side={self.short_side}"
             )
+        _check_int("max_frames", self.max_frames, 0, 10**9)
+        _check_int("short_tolerance", self.short_tolerance, 0, 10**9)
+        _check_number("timeout_s", self.timeout_s, 0.0, MAX_TIMEOUT_S, zero_ok=False)
+        _check_number("probe_timeout_s", self.probe_timeout_s, 0.0, MAX_TIMEOUT_S, zero_ok=False)
+        _check_number("max_duration_s", self.max_duration_s, 0.0, 10 * 24 * 3600.0, zero_ok=True)
+        _check_int("max_sample_bytes", self.max_sample_bytes, 1, MAX_SAMPLE_BYTES_LIMIT)
+
+
+def _check_number(name: str, value: object, low: float, high: float, zero_ok: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if value < low or value > high or (value == 0 and not zero_ok):
+        bound = f">= {low:g}" if zero_ok else f"> {low:g}"
+        raise ValueError(f"{name} must be {bound} and <= {high:g}, got {value!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
 
 
 @dataclass
@@ -95,44 +157,126 @@ def output_size(info: ProbeInfo, cfg: DecodeConfig) -> tuple[int, int]:
     return 2 * max(1, round(w * cfg.short_side / h / 2)), cfg.short_side
 
 
-def decode_argv(path: str | Path, info: ProbeInfo, cfg: DecodeConfig) -> list[str]:
-    """The ffmpeg command line for `path` (built with ffmpeg-python; run by `pipelines.ffmpeg`)."""
+def decode_argv(path: str | Path, info: ProbeInfo, cfg: DecodeConfig, frame_limit: int = 0) -> list[str]:
+    """The ffmpeg command line for `path` (built with ffmpeg-python; run by `pipelines.ffmpeg`).
+
+    `frame_limit` (> 0) stops ffmpeg after that many output frames (``-frames:v``); 0 uses ``cfg.max_frames``.
+    """
     w, h = info.display_size  # ffmpeg autorotates before the filters, so they see the display orientation
     if w <= h:
         sw, sh = cfg.short_side, 2 * max(1, round(h * cfg.short_side / w / 2))
     else:
         sw, sh = 2 * max(1, round(w * cfg.short_side / h / 2)), cfg.short_side
-    stream = ffmpeg.input(input_arg(path), nostdin=None)
-    stream = stream.video.filter("fps", fps=cfg.fps)
+    # ffmpeg-python hashes its arguments as UTF-8, which a non-UTF-8 file name (kept as lone surrogates) cannot be:
+    # build with a placeholder and put the real ``-i`` argument into the finished list.
+    stream = ffmpeg.input(_INPUT_PLACEHOLDER, nostdin=None)
+    if info.duration * cfg.fps < 1:
+        # A clip shorter than one sampling period: the default fps filter rounds its only output timestamp (0) away
+        # and yields nothing ("empty"); `eof_action=pass` keeps the first frame. Only here: on longer clips `pass`
+        # can add a frame past floor(duration × fps) at the end.
+        stream = stream.video.filter("fps", fps=cfg.fps, eof_action="pass")
+    else:
+        stream = stream.video.filter("fps", fps=cfg.fps)
     stream = stream.filter("scale", sw, sh, flags="bicubic")
     if cfg.crop:
         stream = stream.filter("crop", cfg.crop, cfg.crop)  # centred by default
     out_kwargs: dict[str, object] = {"format": "rawvideo", "pix_fmt": "rgb24"}
-    if cfg.max_frames:
-        out_kwargs["frames:v"] = cfg.max_frames
+    limit = frame_limit or cfg.max_frames
+    if limit:
+        out_kwargs["frames:v"] = limit
     stream = stream.output("pipe:", **out_kwargs)
     global_args = ["-hide_banner", "-v", "error"]
     if cfg.strict:
         global_args.append("-xerror")
-    return list(stream.global_args(*global_args).compile(cmd=ffmpeg_binary()))
+    argv = list(stream.global_args(*global_args).compile(cmd=ffmpeg_binary()))
+    return [input_arg(path) if a == _INPUT_PLACEHOLDER else a for a in argv]
+
+
+_INPUT_PLACEHOLDER = "file:vlrepro-input-placeholder"
 
 
 def expected_frames(info: ProbeInfo, cfg: DecodeConfig) -> int:
-    """Frames the fps filter should produce for the probed duration (capped by max_frames)."""
+    """Frames the fps filter should produce for the probed duration (capped by max_frames); at least one for any
+    clip with a positive duration (see `decode_argv`)."""
     n = math.floor(info.duration * cfg.fps + 1e-6)
+    if info.duration > 0:
+        n = max(n, 1)
     return min(n, cfg.max_frames) if cfg.max_frames else n
 
 
+def frame_budget(cfg: DecodeConfig, frame_bytes: int) -> int:
+    """The most frames one sample may hold: the byte cap, and the duration cap (``max_duration_s × fps``, plus one
+    for the frame at the end that the fps filter's rounding may add)."""
+    budget = cfg.max_sample_bytes // max(1, frame_bytes)
+    if cfg.max_duration_s:
+        budget = min(budget, math.floor(cfg.max_duration_s * cfg.fps + 1e-6) + 1)
+    return budget
+
+
+class _FrameBuffer:
+    """Frames written in place into one array sized from the probe, grown geometrically only if the container
+    under-reported its duration; never more than `limit` frames are stored (the rest are only counted)."""
+
+    def __init__(self, height: int, width: int, initial: int, limit: int) -> None:
+        self.shape = (height, width, 3)
+        self.limit = limit
+        self.array = np.empty((max(1, min(initial, limit)), *self.shape), np.uint8)
+        self.n = 0  # frames stored
+        self.seen = 0  # frames received
+
+    def add(self, buf: bytes) -> None:
+        self.seen += 1
+        if self.n >= self.limit:
+            return
+        if self.n == len(self.array):
+            grown = np.empty((min(self.limit, 2 * len(self.array)), *self.shape), np.uint8)
+            grown[: self.n] = self.array[: self.n]
+            self.array = grown
+        self.array[self.n] = np.frombuffer(buf, np.uint8).reshape(self.shape)
+        self.n += 1
+
+    def frames(self) -> np.ndarray:
+        return self.array[: self.n]
+
+
+def _stat_problem(p: Path) -> DecodeResult | None:
+    """A status for a path that is not a non-empty regular file (never raises): broken links and link loops are
+    `missing`, directories, FIFOs, sockets and devices `failed_probe` (a FIFO would block the probe forever)."""
+    try:
+        st = p.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return DecodeResult(status="missing", error="symbolic link loop")
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            if p.is_symlink():
+                return DecodeResult(
+                    status="missing", error=f"broken symbolic link (target: {printable_path(os.readlink(p))})"
+                )
+            return DecodeResult(status="missing", error=f"no such file: {printable_path(p)}")
+        return DecodeResult(status="failed_probe", error=f"cannot stat: {exc.strerror or exc}")
+    if stat.S_ISDIR(st.st_mode):
+        return DecodeResult(status="failed_probe", error=f"is a directory: {printable_path(p)}")
+    if not stat.S_ISREG(st.st_mode):
+        return DecodeResult(status="failed_probe", error=f"not a regular file (mode {stat.filemode(st.st_mode)})")
+    if st.st_size == 0:
+        return DecodeResult(status="empty", error="zero-byte file")
+    return None
+
+
 def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
-    """Probe then decode `path`; never raises for a bad input (see the module table for statuses)."""
+    """Probe then decode `path`; never raises for a bad input (see the module table for statuses).
+
+    Raises `pipelines.ffmpeg.Stopped` when the run is being stopped (`pipelines.ffmpeg.stop_children`): an
+    interrupted decode says nothing about the input, so it must not become a row.
+    """
     start = time.monotonic()
+    if stopping():
+        raise Stopped("stopping: no new decodes")
     p = Path(path)
-    if not p.exists():
-        return DecodeResult(status="missing", error=f"no such file: {p}", seconds=time.monotonic() - start)
-    if p.is_dir():
-        return DecodeResult(status="failed_probe", error=f"is a directory: {p}", seconds=time.monotonic() - start)
-    if p.stat().st_size == 0:
-        return DecodeResult(status="empty", error="zero-byte file", seconds=time.monotonic() - start)
+    problem = _stat_problem(p)
+    if problem is not None:
+        problem.seconds = time.monotonic() - start
+        return problem
     try:
         info = probe(p, timeout=cfg.probe_timeout_s)
     except ProbeError as exc:
@@ -141,25 +285,53 @@ def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
     n_expected = expected_frames(info, cfg)
     ow, oh = output_size(info, cfg)
     frame_bytes = ow * oh * 3
-    frames: list[np.ndarray] = []
+    budget = frame_budget(cfg, frame_bytes)
+    if cfg.max_duration_s and info.duration > cfg.max_duration_s:
+        return DecodeResult(
+            status="too_long",
+            info=info,
+            n_expected=n_expected,
+            seconds=time.monotonic() - start,
+            error=f"duration {info.duration:.1f} s is above max_duration_s {cfg.max_duration_s:g}",
+        )
+    if n_expected > budget:
+        return DecodeResult(
+            status="too_long",
+            info=info,
+            n_expected=n_expected,
+            seconds=time.monotonic() - start,
+            error=_too_long(n_expected, frame_bytes, budget, cfg, "expected "),
+        )
+    # max_frames truncates on purpose (ffmpeg stops there); otherwise ffmpeg stops one frame past the budget, and
+    # that frame only tells us the video is too long (the container under-reported its duration).
+    truncating = 0 < cfg.max_frames <= budget
+    limit = cfg.max_frames if truncating else budget + 1
+    buffer = _FrameBuffer(oh, ow, initial=n_expected + cfg.short_tolerance + 1, limit=min(limit, budget))
     result = run_streaming(
-        decode_argv(p, info, cfg),
+        decode_argv(p, info, cfg, frame_limit=limit),
         chunk_size=frame_bytes,
-        on_chunk=lambda buf: frames.append(np.frombuffer(buf, np.uint8).reshape(oh, ow, 3)),
+        on_chunk=buffer.add,
         timeout=cfg.timeout_s,
     )
     elapsed = time.monotonic() - start
+    n = buffer.n
     if result.timed_out:
         return DecodeResult(
             status="timeout",
             info=info,
             n_expected=n_expected,
             seconds=elapsed,
-            error=_join(
-                f"decode timed out after {cfg.timeout_s:.0f} s ({len(frames)} frames so far)", result.stderr_tail
-            ),
+            error=_join(f"decode timed out after {cfg.timeout_s:.0f} s ({n} frames so far)", result.stderr_tail),
         )
-    if result.returncode == 0 and not frames:
+    if buffer.seen > budget:
+        return DecodeResult(
+            status="too_long",
+            info=info,
+            n_expected=n_expected,
+            seconds=elapsed,
+            error=_too_long(buffer.seen, frame_bytes, budget, cfg, "more than "),
+        )
+    if result.returncode == 0 and not n:
         return DecodeResult(
             status="empty",
             info=info,
@@ -167,34 +339,44 @@ def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
             seconds=elapsed,
             error=_join("the video stream yielded no frames", result.stderr_tail),
         )
-    if not frames or (result.returncode != 0 and cfg.strict):
+    if not n or (result.returncode != 0 and cfg.strict):
         reason = f"ffmpeg exited {result.returncode}"
         return DecodeResult(
             status="failed_decode",
             info=info,
             n_expected=n_expected,
             seconds=elapsed,
-            error=_join(f"{reason} ({len(frames)} frames)", result.stderr_tail),
+            error=_join(f"{reason} ({n} frames)", result.stderr_tail),
         )
-    stacked = np.stack(frames)  # (T, H, W, 3) uint8
-    short = stacked.shape[0] < n_expected - cfg.short_tolerance
+    frames = buffer.frames()  # (T, H, W, 3) uint8, a view of the preallocated array
+    short = n < n_expected - cfg.short_tolerance
     problems = []
     if result.returncode != 0:
         # Recent ffmpeg exits non-zero when decoding hit errors part-way; the frames before are good (non-strict).
-        problems.append(f"ffmpeg exited {result.returncode} after {stacked.shape[0]} frames")
+        problems.append(f"ffmpeg exited {result.returncode} after {n} frames")
     if short:
-        problems.append(f"short decode: {stacked.shape[0]} of {n_expected} expected frames")
+        problems.append(f"short decode: {n} of {n_expected} expected frames")
     if result.stderr_lines:
         problems.append(f"{result.stderr_lines} decoder error line(s)")
-    timestamps = [round(i / cfg.fps, 6) for i in range(stacked.shape[0])]
+    timestamps = [round(i / cfg.fps, 6) for i in range(n)]
     return DecodeResult(
         status="decoded_with_errors" if problems else "ok",
-        frames=stacked,
+        frames=frames,
         error=_join("; ".join(problems), result.stderr_tail) if problems else "",
         info=info,
         n_expected=n_expected,
         timestamps=timestamps,
         seconds=elapsed,
+    )
+
+
+def _too_long(n_frames: int, frame_bytes: int, budget: int, cfg: DecodeConfig, qualifier: str) -> str:
+    limits = [f"max_sample_bytes {cfg.max_sample_bytes}"]
+    if cfg.max_duration_s:
+        limits.append(f"max_duration_s {cfg.max_duration_s:g}")
+    return (
+        f"{qualifier}{n_frames} frames of {frame_bytes} bytes: above the budget of {budget} frames "
+        f"({', '.join(limits)}); raise the limit or lower --fps/--size"
     )
 
 

@@ -5,15 +5,21 @@ timeout cannot interrupt blocking work in a thread (PrefectHQ/prefect#15760). Ev
 runs in its own process group (``start_new_session``) so that the *whole group* is killed on timeout, and keeps the
 tail of stderr, which is where ffmpeg puts the real cause of a failure.
 
+Stopping: every child gets SIGKILL from the kernel if this process dies (``PR_SET_PDEATHSIG``, `pipelines.procs`),
+so a ``kill -9`` of an ingest leaves no ffmpeg behind; `stop_children` (called on SIGTERM / Ctrl-C) kills the
+running process groups at once and makes every later run raise `Stopped`, so an interrupted ingest neither waits for
+its decodes nor records the killed ones as failed inputs.
+
 The binary is the static ffmpeg shipped by ``imageio-ffmpeg`` (no system ffmpeg needed); ``VLREPRO_FFMPEG`` points
-elsewhere. That package ships no ffprobe, so `probe` reads ffmpeg's own stream report (``ffmpeg -i FILE``), the
-same approach imageio-ffmpeg uses, with the same timeout discipline.
+elsewhere. `probe` reads the container's *structured* stream fields with PyAV (``av.open``), never ffmpeg's text
+banner: user metadata (a title, a comment) is printed in that banner and could fake a geometry or a rotation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import signal
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.procs import with_parent_death_signal
 
 
 class FFmpegNotFound(RuntimeError):
@@ -71,8 +79,65 @@ class CommandResult:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Stopped(RuntimeError):
+    """`stop_children` was called: the run is being stopped. Not a property of the input, so never a status row."""
+
+
+_LIVE: set[subprocess.Popen[bytes]] = set()  # children now running (each leads its own process group)
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_children() -> int:
+    """Kill the process group of every running child and refuse new ones (`Stopped`) until `resume_children`.
+
+    For a SIGTERM / Ctrl-C handler in the main thread: the decode threads' runs return at once and raise `Stopped`
+    instead of reporting a failed input, and queued decodes raise before they start. Returns how many were killed.
+    """
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        live = list(_LIVE)
+    for proc in live:
+        _kill_group(proc)
+    return len(live)
+
+
+def resume_children() -> None:
+    """Allow new children again after `stop_children` (library use: the next ingest in the same process)."""
+    _STOPPING.clear()
+
+
+def stopping() -> bool:
+    """Whether `stop_children` was called (and `resume_children` not since)."""
+    return _STOPPING.is_set()
+
+
+def _spawn(argv: list[str], stdin: int | None) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own process group, killed by the kernel if this process dies, and register it."""
+    with _LIVE_LOCK:  # under the lock: `stop_children` either sees this child or we see the flag
+        if _STOPPING.is_set():
+            raise Stopped("stopping: no new ffmpeg runs")
+        proc = subprocess.Popen(
+            with_parent_death_signal(argv, signal.SIGKILL),  # ffmpeg has nothing to clean up: SIGKILL
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own process group: a timeout kills ffmpeg and anything it spawned
+        )
+        _LIVE.add(proc)
+    return proc
+
+
+def _release(proc: subprocess.Popen[bytes]) -> None:
+    """Unregister a finished child; raise `Stopped` if it ended because `stop_children` killed it."""
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+    if _STOPPING.is_set():
+        raise Stopped("stopped while ffmpeg was running")
 
 
 def run_command(argv: list[str], timeout: float, tail_lines: int = 20, stdin: bytes | None = None) -> CommandResult:
@@ -82,13 +147,7 @@ def run_command(argv: list[str], timeout: float, tail_lines: int = 20, stdin: by
     child's standard input when given.
     """
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # own process group: a timeout kills ffmpeg and anything it spawned
-    )
+    proc = _spawn(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
     timed_out = False
     try:
         out, err = proc.communicate(input=stdin, timeout=timeout)
@@ -104,6 +163,7 @@ def run_command(argv: list[str], timeout: float, tail_lines: int = 20, stdin: by
         # A child that exited normally may have left grandchildren in its group; never leak them.
         if proc.returncode is None:
             _kill_group(proc)
+        _release(proc)
     lines = err.decode(errors="replace").splitlines()
     tail = "\n".join(deque(lines, maxlen=tail_lines))
     return CommandResult(
@@ -115,6 +175,13 @@ def run_command(argv: list[str], timeout: float, tail_lines: int = 20, stdin: by
         timed_out=timed_out,
         seconds=time.monotonic() - start,
     )
+
+
+def printable_path(path: str | Path) -> str:
+    """`path` as text that encodes to UTF-8: the undecodable bytes of a non-UTF-8 file name (kept by ``os.fsdecode``
+    as lone surrogates, which pyarrow and ffmpeg-python refuse) become ``\\xNN``. For messages and manifests only;
+    open files by the original path."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def input_arg(path: str | Path) -> str:
@@ -149,62 +216,87 @@ class ProbeError(RuntimeError):
         self.timed_out = timed_out
 
 
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-_FPS = re.compile(r"([\d.]+)(k?) fps")
-_TBR = re.compile(r"([\d.]+)(k?) tbr")
-_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
-_ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+)", re.MULTILINE)
-
-
-def parse_probe(report: str) -> ProbeInfo:
-    """Parse ffmpeg's stream report (the stderr of ``ffmpeg -i FILE``) for the first video stream."""
-    video_line = next((ln for ln in report.splitlines() if _VIDEO.search(ln)), None)
-    if video_line is None:
-        raise ProbeError("no video stream found", stderr_tail=report[-2000:])
-    match = _VIDEO.search(video_line)
-    assert match is not None
-    codec, width, height = match.group(1), int(match.group(2)), int(match.group(3))
-
-    def rate(pattern: re.Pattern[str]) -> float:
-        m = pattern.search(video_line)
-        if not m:
-            return 0.0
-        return float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
-
-    fps = rate(_FPS) or rate(_TBR)
-    d = _DURATION.search(report)
-    duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)) if d else 0.0
-    # ffmpeg prints the display matrix as "rotation of -90.00 degrees" (counter-clockwise); old files carry a
-    # `rotate: 90` tag (clockwise). Normalise both to clockwise degrees.
-    rotation = 0
-    r = _ROTATION.search(report)
-    if r:
-        rotation = round(-float(r.group(1))) % 360
-    else:
-        t = _ROTATE_TAG.search(report)
-        if t:
-            rotation = int(t.group(1)) % 360
-    return ProbeInfo(duration=duration, fps=fps, width=width, height=height, codec=codec, rotation=rotation)
+#: packets of the video stream read, at most, to find the first frame (its display matrix gives the rotation)
+_PROBE_PACKETS = 64
 
 
 def probe(path: str | Path, timeout: float = 30.0) -> ProbeInfo:
-    """Probe a local video file. Raises `ProbeError` for a non-video, unreadable or hanging input."""
-    result = run_command(
-        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", input_arg(path)], timeout=timeout, tail_lines=200
-    )
-    if result.timed_out:
-        raise ProbeError(f"probe timed out after {timeout:.0f} s", stderr_tail=result.stderr_tail, timed_out=True)
-    report = result.stderr_tail
-    # `ffmpeg -i` without an output always exits 1; the report is what matters.
-    if "Invalid data found" in report or "No such file" in report or "moov atom not found" in report:
-        raise ProbeError(_last_error_line(report), stderr_tail=report)
-    return parse_probe(report)
+    """Probe a local video file from the container's structured fields (PyAV). Raises `ProbeError` for a non-video,
+    unreadable or hanging input.
+
+    Nothing here reads free text: the old parser matched ``ffmpeg -i``'s banner, where a title such as
+    ``"Stream #0:0: Video: h264, 9999x16"`` or ``"rotation of 90 degrees"`` set the geometry or the rotation. The
+    rotation comes from the display matrix of the first decoded frame (what ffmpeg's autorotate applies).
+    PyAV runs in this process: `timeout` is enforced by libavformat's interrupt callback (PyAV's ``timeout``), which
+    every read and the stream analysis check; `decode_video` only hands it regular files, never a FIFO or a device.
+    """
+    import av  # heavy (~0.25 s): only when probing
+
+    if _STOPPING.is_set():
+        raise Stopped("stopping: no new probes")
+    try:
+        container = av.open(input_arg(path), timeout=timeout, metadata_errors="ignore")
+    except av.ExitError as exc:  # the interrupt callback fired
+        raise ProbeError(f"probe timed out after {timeout:.0f} s", timed_out=True) from exc
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ProbeError(_av_message(exc)) from exc
+    try:
+        with container:
+            video = next(iter(container.streams.video), None)
+            if video is None:
+                kinds: list[str] = sorted({str(st.type) for st in container.streams}) or ["none"]
+                raise ProbeError(f"no video stream found (streams: {', '.join(kinds)})")
+            ctx = video.codec_context
+            width, height = int(ctx.width or 0), int(ctx.height or 0)
+            if width <= 0 or height <= 0:
+                raise ProbeError(f"video stream has no frame size ({width}x{height})")
+            rate = video.average_rate or video.guessed_rate or video.base_rate
+            fps = float(rate) if rate else 0.0
+            if container.duration and container.duration > 0:  # container duration, in AV_TIME_BASE units (µs)
+                duration = container.duration / 1_000_000
+            elif video.duration and video.time_base:
+                duration = float(video.duration * video.time_base)
+            else:
+                duration = 0.0
+            if not (math.isfinite(fps) and fps >= 0):
+                fps = 0.0
+            if not (math.isfinite(duration) and duration >= 0):
+                duration = 0.0
+            rotation = _first_frame_rotation(container, video)
+            return ProbeInfo(
+                duration=duration, fps=fps, width=width, height=height, codec=str(ctx.name), rotation=rotation
+            )
+    except av.ExitError as exc:
+        raise ProbeError(f"probe timed out after {timeout:.0f} s", timed_out=True) from exc
+    except (av.FFmpegError, OSError) as exc:
+        raise ProbeError(_av_message(exc)) from exc
 
 
-def _last_error_line(report: str) -> str:
-    lines = [ln.strip() for ln in report.splitlines() if ln.strip()]
-    return lines[-1] if lines else "ffmpeg reported nothing"
+def _first_frame_rotation(container: object, video: object) -> int:
+    """Clockwise display rotation (0/90/180/270) from the first decodable frame's display matrix; 0 when no frame
+    decodes within `_PROBE_PACKETS` packets (the decode then classifies the file)."""
+    import av
+
+    assert isinstance(container, av.container.InputContainer) and isinstance(video, av.VideoStream)
+    video.codec_context.thread_count = 1  # one frame: no decoder thread pool
+    try:
+        for i, packet in enumerate(container.demux(video)):
+            for frame in packet.decode():
+                # PyAV reports the matrix counter-clockwise in [-180, 180]; store clockwise, snapped to 90°.
+                return (round(-float(frame.rotation) / 90) * 90) % 360
+            if i >= _PROBE_PACKETS:
+                break
+    except av.ExitError:
+        raise
+    except (av.FFmpegError, OSError):
+        pass  # a broken first packet is the decoder's to report
+    return 0
+
+
+def _av_message(exc: BaseException) -> str:
+    """PyAV's error without the file name (which may hold undecodable bytes and is in the manifest already)."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror) if strerror else type(exc).__name__
 
 
 _ERROR_LINE = re.compile(r"error|invalid|corrupt|missing|truncat|non-existing|concealing", re.IGNORECASE)
@@ -223,9 +315,7 @@ def run_streaming(
     is returned as `stdout`. The timeout is enforced by a watchdog that kills the process group.
     """
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
+    proc = _spawn(argv, subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stderr is not None
     stderr_pipe = proc.stderr
     tail: deque[str] = deque(maxlen=tail_lines)
@@ -269,6 +359,7 @@ def run_streaming(
     finally:
         watchdog.cancel()
         reader.join(timeout=5)
+        _release(proc)
     timed_out = fired.is_set()
     return CommandResult(
         argv=tuple(argv),

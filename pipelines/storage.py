@@ -5,13 +5,21 @@ POSIX). Object stores have no rename: an object becomes visible whole on a singl
 written directly. Either way *commit markers are written last*, and readers trust only committed units.
 
 Sample keys become parts of paths, so `check_key` rejects anything that could escape the run root.
+
+Temporary names carry their writer (``<name>.tmp-h<host>p<pid>_<random>``, see `temp_name`) so that a cleaner removes
+only what a dead writer left, never the file a live writer is still filling (two ingests into one root used to delete
+each other's temporaries).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -77,6 +85,85 @@ def is_resolved_root(root: str) -> bool:
     return not is_local(root) or (not root.startswith("file://") and os.path.isabs(root))
 
 
+#: this machine in temporary names: 6 hex digits of its name's hash (two hosts writing under one shared local root
+#: collide with odds of 1 in 16 million; the stage lock keeps them from writing one stage at once anyway)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_TEMP_OWNER = re.compile(r"\.tmp-h(?P<host>[0-9a-f]{6})p(?P<pid>\d+)_\w+$")
+
+
+def temp_name(name: str) -> str:
+    """A temporary name next to `name` that records its writer (this host and process): ``<name>.tmp-h…p…_…``.
+
+    The suffix is word characters only (no dots or dashes), so ``<name>.tmp-*`` globs keep finding it.
+    """
+    return f"{name}.tmp-h{HOST_TAG}p{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine and is not a zombie (a killed, unreaped child is dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OverflowError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        # "pid (comm) S ...": the state follows the last ')' (comm may contain spaces and parentheses)
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def temp_owner_alive(name: str) -> bool | None:
+    """For a temporary written by `temp_name`: is its writer alive? None when that cannot be told here (another
+    host, or an old-style name without an owner)."""
+    m = _TEMP_OWNER.search(name)
+    if m is None or m["host"] != HOST_TAG:
+        return None
+    return pid_alive(int(m["pid"]))
+
+
+def is_temp_name(name: str) -> bool:
+    return ".tmp-" in name
+
+
+def fingerprint(path: str, window: int = 1 << 20) -> str:
+    """A cheap content identity of a source file: ``<size>:<mtime_ns>:<sha256 of the first and last window>[:16]``.
+
+    Key names do not identify inputs (two folders can both hold ``clips/c1.mp4``; a file can be replaced in place),
+    and hashing whole videos is too slow to do on every rerun: size, mtime and the hash of both ends catch a
+    different file, a re-encode and an in-place rewrite (a same-size rewrite that keeps its mtime is caught by the
+    hash when it touches either end, which covers every file up to 2 windows). ``missing`` when there is no file.
+    """
+    if not is_local(path):
+        fs, p = filesystem(path)
+        try:
+            info = fs.info(p)
+        except FileNotFoundError:
+            return "missing"
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        return f"{info.get('size')}:{str(tag).strip(chr(34))}"
+    local = local_path(path)
+    try:
+        st = local.stat()
+        h = hashlib.sha256()
+        with open(local, "rb") as fh:
+            h.update(fh.read(window))
+            if st.st_size > window:
+                fh.seek(max(window, st.st_size - window))
+                h.update(fh.read(window))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:  # a folder, no permission, ...: still an identity, and it changes once the file is fixed
+        return f"unreadable:{type(exc).__name__}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+
+
 def join(uri: str, *parts: str) -> str:
     """Join URI parts with '/' (works for local paths and URLs)."""
     out = uri.rstrip("/")
@@ -103,7 +190,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     if is_local(uri):
         dest = local_path(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = dest.with_name(temp_name(dest.name))
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -153,13 +240,97 @@ def listdir(uri: str) -> list[str]:
         return []
 
 
+def file_sizes(uri: str) -> dict[str, int]:
+    """``{base name: size in bytes}`` of the files directly under `uri`, from one listing (empty if absent)."""
+    if is_local(uri):
+        p = local_path(uri)
+        if not p.is_dir():
+            return {}
+        out = {}
+        for x in p.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a temporary renamed away while we list
+                if x.is_file():
+                    out[x.name] = x.stat().st_size
+        return out
+    fs, path = filesystem(uri)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {Path(e["name"]).name: int(e.get("size") or 0) for e in entries if e.get("type") != "directory"}
+
+
+def size(uri: str) -> int | None:
+    """Size of the file at `uri` in bytes, or None if there is none."""
+    if is_local(uri):
+        try:
+            return local_path(uri).stat().st_size
+        except FileNotFoundError:
+            return None
+    fs, path = filesystem(uri)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        return None
+
+
+def sha256(uri: str) -> str:
+    """Hex SHA-256 of a file's content, streamed."""
+    h = hashlib.sha256()
+    with open_read(uri) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def remove(uri: str) -> None:
     if is_local(uri):
         local_path(uri).unlink(missing_ok=True)
         return
     fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm_file(path)
+    # parallel shard tasks may remove the same marker: gone is gone
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(path):
+            fs.rm_file(path)
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create `uri` with `data` only if it does not exist; True if this call created it.
+
+    Locally this is atomic (``O_CREAT | O_EXCL``). Object stores offer no such primitive through fsspec, so there it
+    is best effort: check, PUT, read back and compare (two writers racing inside that window can both see their own
+    bytes, the later PUT winning afterwards).
+    """
+    if is_local(uri):
+        dest = local_path(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    if exists(uri):
+        return False
+    write_bytes_atomic(uri, data)
+    time.sleep(0.05)  # let a racing PUT land before we read back
+    try:
+        return read_bytes(uri) == data
+    except FileNotFoundError:
+        return False
+
+
+def mtime(uri: str) -> float | None:
+    """Modification time (seconds since the epoch) of a local file, None for a missing or remote one."""
+    if not is_local(uri):
+        return None
+    try:
+        return local_path(uri).stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def open_read(uri: str) -> Any:

@@ -1,10 +1,16 @@
-"""Shard protocol: round trip, commit markers, crash mid-shard, modes, mismatch refusal, unsafe keys."""
+"""Shard protocol: round trip, commit markers, crash mid-shard, modes, mismatch refusal, unsafe keys; overwrite
+leaves exactly the new set, content changes and damaged shards are redone, the stage lock."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
+import os
+import subprocess
 import tarfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +176,205 @@ def test_consumers_refuse_uncommitted_stages(tmp_path):
         list(shards.iter_stage(uri))
     shards.commit_stage(uri, [{"status_counts": {"ok": 1}, "n_samples": 1}])
     assert [k for k, _ in shards.iter_stage(uri)] == ["a"]
+
+
+# ------------------------------------------------------------------- stage integrity (overwrite, content, damage, lock)
+
+
+def _fp_job(uri: str, items: list[dict[str, Any]], mode: shards.Mode = "incremental") -> shards.ShardJob:
+    return shards.ShardJob(uri, 0, "cfg0", tuple(items), mode)
+
+
+def _committed_stage(uri: str, n_shards: int) -> list[dict[str, Any]]:
+    summaries = []
+    for i in range(n_shards):
+        items = [{"key": f"s{i}k{j}", "value": 10 * i + j} for j in range(2)]
+        summaries.append(shards.run_shard(_job(uri, i, items), _processor([])).as_dict())
+    shards.commit_stage(uri, summaries)
+    return summaries
+
+
+def test_overwrite_removes_every_shard_of_the_old_stage_before_anything_is_written(tmp_path):
+    uri = str(tmp_path / "stage")
+    shards.prepare_stage(uri, {}, "cfg0", "old", 6, "incremental")
+    _committed_stage(uri, 3)
+    assert shards.committed_shards(uri) == [0, 1, 2] and shards.stage_stats(uri) is not None
+    shards.prepare_stage(uri, {}, "cfg0", "new", 2, "overwrite")
+    assert shards.stage_stats(uri) is None and shards.committed_shards(uri) == []
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["_config.json"]
+
+
+def test_commit_stage_uncommits_shards_that_no_summary_names(tmp_path):
+    uri = str(tmp_path / "stage")
+    summaries = _committed_stage(uri, 3)
+    stats = shards.commit_stage(uri, summaries[:1])
+    assert stats["n_samples"] == 2 and shards.committed_shards(uri) == [0]
+    assert [k for k, _ in shards.iter_stage(uri)] == ["s0k0", "s0k1"]  # readers return what the marker says
+    (tmp_path / "stage" / "000000_stats.json").unlink()
+    with pytest.raises(shards.StageIncompleteError, match=r"\[0\]"):
+        shards.commit_stage(uri, summaries[:1])
+
+
+def test_changed_content_under_the_same_keys_is_redone(tmp_path):
+    uri = str(tmp_path / "stage")
+    items = [{"key": "a", "value": 1, "fingerprint": "100:1:aa"}, {"key": "b", "value": 2, "fingerprint": "100:1:bb"}]
+    shards.run_shard(_fp_job(uri, items), _processor([]))
+    calls: list[str] = []
+    assert shards.run_shard(_fp_job(uri, items), _processor(calls)).action == "skipped" and calls == []
+    replaced = [dict(items[0]), {"key": "b", "value": 7, "fingerprint": "120:2:cc"}]
+    summary = shards.run_shard(_fp_job(uri, replaced), _processor(calls))
+    assert (summary.action, calls) == ("updated", ["a", "b"])
+    assert summary.reason == "inputs changed: b"
+    got = dict(shards.iter_shard(uri, 0))
+    assert int(got["b"]["npy"][0, 0]) == 7 and int(got["a"]["npy"][0, 0]) == 1
+    assert {r["key"]: r["fingerprint"] for r in shards.read_rows(uri, 0)} == {"a": "100:1:aa", "b": "120:2:cc"}
+    # other keys are still another input set
+    with pytest.raises(shards.StageMismatchError):
+        shards.run_shard(_fp_job(uri, [{"key": "a", "value": 1, "fingerprint": "100:1:aa"}]), _processor([]))
+
+
+def test_retry_failed_does_not_keep_a_sample_whose_input_changed(tmp_path):
+    uri = str(tmp_path / "stage")
+    items = [
+        {"key": "a", "value": 1, "fingerprint": "f1"},
+        {"key": "b", "value": 2, "bad": True, "fingerprint": "f1"},
+        {"key": "c", "value": 3, "fingerprint": "f1"},
+    ]
+    shards.run_shard(_fp_job(uri, items), _processor([]))
+    changed = [{"key": "a", "value": 10, "fingerprint": "f2"}, {**items[1], "bad": False}, items[2]]
+    calls: list[str] = []
+    summary = shards.run_shard(_fp_job(uri, changed, "retry-failed"), _processor(calls))
+    assert summary.action == "updated" and calls == ["a", "b"]  # c is kept from the committed tar
+    got = dict(shards.iter_shard(uri, 0))
+    assert [int(got[k]["npy"][0, 0]) for k in "abc"] == [10, 2, 3]
+
+
+def test_items_without_fingerprints_keep_the_key_digest_of_existing_markers():
+    items = ({"key": "a"}, {"key": "b"})
+    job = shards.ShardJob("u", 0, "h", items)
+    assert job.inputs_digest == shards.digest_keys(["a", "b"]) == job.keys_digest
+    with_fp = shards.ShardJob("u", 0, "h", ({"key": "a", "fingerprint": "1"}, {"key": "b", "fingerprint": "2"}))
+    assert with_fp.inputs_digest != job.inputs_digest and with_fp.keys_digest == job.keys_digest
+    assert shards.ShardJob.from_dict(with_fp.to_dict()) == with_fp
+    repaired = shards.ShardJob("u", 0, "h", items, repair="000000.tar is missing")
+    assert shards.ShardJob.from_dict(repaired.to_dict()) == repaired
+    assert "repair" not in job.to_dict()  # a job of an intact shard keeps its old dict (and cache key)
+    old = {"stage_uri": "u", "index": 0, "config_hash": "h", "items": [{"key": "a"}]}
+    assert shards.ShardJob.from_dict(old).repair == ""
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _same_size_garbage(p: Path) -> None:
+    p.write_bytes(b"\x00" * p.stat().st_size)
+
+
+DAMAGE = {
+    "truncated tar": ("000000.tar", _truncate, "000000.tar has"),
+    "deleted tar": ("000000.tar", Path.unlink, "000000.tar is missing"),
+    "garbage parquet": ("000000.parquet", lambda p: p.write_bytes(b"garbage"), "000000.parquet has 7 bytes"),
+    "same-size garbage parquet": ("000000.parquet", _same_size_garbage, "000000.parquet does not match"),
+    "deleted marker": ("000000_stats.json", Path.unlink, "000000.tar and 000000.parquet without a commit marker"),
+    "garbage marker": ("000000_stats.json", lambda p: p.write_bytes(b"{not json"), "000000_stats.json is unreadable"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_committed_shard_is_repaired_and_reported(tmp_path, damage):
+    uri = str(tmp_path / "stage")
+    items = [{"key": f"k{i}", "value": i} for i in range(3)]
+    shards.run_shard(_job(uri, 0, items), _processor([]))
+    shards.commit_stage(uri, [{"index": 0, "n_samples": 3, "status_counts": {"ok": 3}}])
+    name, damage_fn, reason = DAMAGE[damage]
+    damage_fn(tmp_path / "stage" / name)
+    calls: list[str] = []
+    summary = shards.run_shard(_job(uri, 0, items), _processor(calls))
+    assert summary.action == "repaired" and reason in summary.reason and summary.as_dict()["reason"] == summary.reason
+    assert calls == ["k0", "k1", "k2"]
+    assert shards.stage_stats(uri) is None  # the stage was un-committed until it is committed again
+    got = dict(shards.iter_shard(uri, 0))
+    assert sorted(got) == ["k0", "k1", "k2"] and [int(got[k]["npy"][0, 0]) for k in sorted(got)] == [0, 1, 2]
+    assert [r["key"] for r in shards.read_rows(uri, 0)] == ["k0", "k1", "k2"]
+    assert shards.verify_shard(uri, 0) == "" and shards.damaged_shards(uri) == {}
+    assert shards.run_shard(_job(uri, 0, items), _processor([])).action == "skipped"
+
+
+def test_markers_record_sizes_and_checksums_and_deep_checks_read_the_tar(tmp_path):
+    uri = str(tmp_path / "stage")
+    shards.run_shard(_job(uri, 0, [{"key": "a", "value": 1}]), _processor([]))
+    files = shards.shard_stats(uri, 0)["files"]  # type: ignore[index]
+    tar = tmp_path / "stage" / "000000.tar"
+    assert files["000000.tar"]["size"] == tar.stat().st_size
+    assert files["000000.tar"]["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF  # same size, other bytes: only the checksum sees it
+    tar.write_bytes(bytes(data))
+    assert shards.verify_shard(uri, 0) == ""
+    assert "000000.tar does not match" in shards.verify_shard(uri, 0, deep=True)
+    assert shards.damaged_shards(uri, deep=True) == {0: "000000.tar does not match its recorded SHA-256"}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_writer_does_not_delete_a_live_writers_temporary(tmp_path):
+    uri = str(tmp_path / "stage")
+    items = [{"key": "a", "value": 1}]
+    with shards.ShardWriter(uri, 0) as first:  # a live writer, half way through shard 0
+        first.add("a", {"npy": np.zeros(2)})
+        # another writer runs the same shard meanwhile: it used to delete `first`'s temporary tar
+        shards.run_shard(_job(uri, 0, items), _processor([]))
+        first.commit([{"key": "a", "status": "ok"}], {"n_samples": 1})  # FileNotFoundError before
+    assert [k for k, _ in shards.iter_shard(uri, 0)] == ["a"]
+    # ... while what a dead writer left is removed
+    dead = tmp_path / "stage" / f"000000.parquet.tmp-h{storage.HOST_TAG}p{_dead_pid()}_0badc0de"
+    dead.write_bytes(b"left by a killed writer")
+    assert shards.clean_temporaries(uri, 0) == 1 and not dead.exists()
+
+
+def _hold_lock(uri: str, locked: Any, release: Any) -> None:
+    shards.acquire_stage_lock(uri)
+    with shards.ShardWriter(uri, 7) as writer:  # a temporary of this writer, left behind if it is killed
+        writer.add("x", {"json": {}})
+        locked.set()
+        release.wait(60)
+    shards.release_stage_lock(uri)
+
+
+def test_the_stage_lock_names_its_holder_waits_for_it_and_takes_over_a_dead_ones(tmp_path):
+    uri = str(tmp_path / "stage")
+    ctx = mp.get_context("fork")
+
+    def holder() -> tuple[Any, Any, Any]:
+        locked, release = ctx.Event(), ctx.Event()
+        proc = ctx.Process(target=_hold_lock, args=(uri, locked, release))
+        proc.start()
+        assert locked.wait(30)
+        return proc, locked, release
+
+    proc, _, release = holder()
+    with pytest.raises(shards.StageBusyError, match=f"in use by pid {proc.pid} on "):
+        shards.acquire_stage_lock(uri)
+    t0 = time.monotonic()
+    with pytest.raises(shards.StageBusyError):
+        shards.acquire_stage_lock(uri, wait_s=0.6, poll_s=0.1)
+    assert time.monotonic() - t0 >= 0.6
+    threading.Timer(0.5, release.set).start()
+    record = shards.acquire_stage_lock(uri, wait_s=30, poll_s=0.1)  # waits until the holder releases it
+    assert record["pid"] == os.getpid()
+    proc.join(30)
+    assert shards.release_stage_lock(uri) and not (tmp_path / "stage" / shards.LOCK_NAME).exists()
+
+    proc, _, _ = holder()
+    temporaries = list((tmp_path / "stage").glob("000007.tar.tmp-*"))
+    assert len(temporaries) == 1
+    proc.kill()
+    proc.join(30)
+    shards.acquire_stage_lock(uri)  # the holder is dead: its lock is stale, its temporary is removed
+    assert not temporaries[0].exists()
+    assert shards.release_stage_lock(uri) and not shards.release_stage_lock(uri)
