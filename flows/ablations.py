@@ -53,6 +53,7 @@ def variant_job(
     num_workers: int = 1,
     register: bool = True,
     metric: str = "t2v/R@1",
+    cpus_per_worker: float | None = None,
 ) -> dict[str, Any]:
     """The `infra.training_job.TrainingJob` fields of one variant; job key = paper, variant, dataset, config hash."""
     from infra.jobs import training_job
@@ -71,6 +72,7 @@ def variant_job(
         register=register,
         dataset_stage=stage,
         tags={"vlrepro.variant": variant},
+        cpus_per_worker=cpus_per_worker,
     )
 
 

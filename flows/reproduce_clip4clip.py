@@ -19,6 +19,7 @@ from prefect import flow
 
 from flows import stages
 from flows.ingest import ingest_flow
+from infra.settings import Resources
 from models.config import build, merge, to_dict
 from pipelines import storage
 from recipes.clip4clip import Clip4ClipRecipeConfig
@@ -117,9 +118,12 @@ def reproduce_clip4clip(
     variants: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
+    cpus_per_worker: float | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     start = time.monotonic()
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
+    resources = Resources.resolve(cpus_per_worker, parallel_jobs)  # the lone mini CLIP: all; the heads: a share
     if dataset != "mini-retrieval":
         raise ValueError(
             f"the CLIP4Clip DAG runs on mini-retrieval here (got {dataset!r}); real datasets: ingest + train"
@@ -140,7 +144,7 @@ def reproduce_clip4clip(
 
     connect()
     clip_future = t["pretrain_mini_clip"].submit(
-        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"])
+        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]), resources.cpus_per_worker
     )
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
     clip = clip_future.result()
@@ -170,7 +174,7 @@ def reproduce_clip4clip(
         )
         run_names[variant] = jobs[variant]["run_name"]
     order = sorted(chosen, key=SUBMIT_ORDER.index)
-    results = stages.train_together(t["train"], [jobs[v] for v in order])
+    results = stages.train_together(t["train"], [jobs[v] for v in order], resources)
     by_variant = dict(zip(order, results, strict=True))
     heads = {v: summarise(by_variant[v]) for v in chosen}
     return {

@@ -66,6 +66,7 @@ from prefect.artifacts import create_table_artifact
 from flows import stages
 from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
+from infra.settings import Resources
 from models.config import build
 from models.dcc import VARIANT_EVAL_BRANCH, stage_schedule
 from pipelines import storage
@@ -195,9 +196,12 @@ def reproduce_dcc(
     num_workers: int = 1,
     ablations: bool = False,
     flow_workers: int = 2,
+    cpus_per_worker: float | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     start = time.monotonic()
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
+    resources = Resources.resolve(cpus_per_worker, parallel_jobs)  # its jobs run one at a time: all CPUs each
     if dataset != "mini-wtal":
         raise ValueError(
             f"the DCC DAG runs on mini-wtal here (got {dataset!r}); real datasets: ingest at 25 fps (or "
@@ -226,7 +230,9 @@ def reproduce_dcc(
     flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
     i3d_future = _cached(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
     # branch 2 (this thread): mini CLIP → CLIP frame features
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
+    clip = t["pretrain_mini_clip"](
+        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]), resources.cpus_per_worker
+    )
     clip_feats = t["extract_clip_features"](frames_uri, root, key, clip["clip_arch"], clip["clip_checkpoint"])
     flow_stage = flow_future.result()
     i3d = i3d_future.result()
@@ -256,6 +262,7 @@ def reproduce_dcc(
                 part=f"{i}{stage}",
                 data=key,
                 num_workers=num_workers,
+                cpus_per_worker=resources.cpus_per_worker,
                 register=register and i == len(schedule) - 1,
                 dataset_stage=i3d["stage_uri"],
                 tags={

@@ -46,6 +46,7 @@ from prefect import flow, task
 from flows import stages
 from flows.ingest import ingest_flow
 from flows.runtime import cached_task, is_transient
+from infra.settings import Resources
 from models.config import build, merge, to_dict
 from pipelines import storage
 from recipes.experiments.locvtp import (
@@ -147,12 +148,15 @@ def reproduce_locvtp(
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
     ablations: bool = False,
+    cpus_per_worker: float | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     start = time.monotonic()
     from infra.jobs import run_name as job_name
     from infra.jobs import training_job, was_finished
 
     root = storage.resolve_root(root)  # once, at the edge: every path below is absolute (or a URI)
+    resources = Resources.resolve(cpus_per_worker, parallel_jobs)  # its jobs run one at a time: all CPUs each
     if dataset != "mini-grounding":
         raise ValueError(
             f"the LocVTP DAG runs on mini-grounding here (got {dataset!r}); real datasets: ingest + the recipes"
@@ -169,7 +173,9 @@ def reproduce_locvtp(
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
+    clip = t["pretrain_mini_clip"](
+        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]), resources.cpus_per_worker
+    )
     test_queries = world["extra_files"]["charades_sta_test"]
 
     def pretrain(name: str, variant: dict[str, Any], register: bool) -> dict[str, Any]:
@@ -186,6 +192,7 @@ def reproduce_locvtp(
             part=name,
             data=key,
             num_workers=num_workers,
+            cpus_per_worker=resources.cpus_per_worker,
             register=register,
             dataset_stage=prefix["stage_uri"],
             tags=_tags(name),
@@ -209,6 +216,7 @@ def reproduce_locvtp(
             part=name,
             data=key,
             num_workers=num_workers,
+            cpus_per_worker=resources.cpus_per_worker,
             register=register,
             dataset_stage=features_uri,
             tags=_tags(name),

@@ -46,6 +46,7 @@ from prefect import flow
 
 from flows import retrieval
 from flows.ablations import Row
+from infra.settings import Resources
 from recipes.spec import load_spec
 from recipes.stan import StanRecipeConfig
 
@@ -96,6 +97,9 @@ def reproduce_stan(
     num_workers: int = 1,
     ablations: bool = False,
     variants: list[str] | None = None,
+    cpus_per_worker: float | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run the STAN DAG: the main variant, or `variants`; with `ablations` the whole table (paper Table 6)."""
-    return retrieval.run(STAN, dataset, root, size, seed, overrides, num_workers, ablations, variants)
+    resources = Resources.resolve(cpus_per_worker, parallel_jobs)
+    return retrieval.run(STAN, dataset, root, size, seed, overrides, num_workers, ablations, variants, resources)

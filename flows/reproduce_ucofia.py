@@ -46,6 +46,7 @@ from prefect import flow
 
 from flows import retrieval
 from flows.ablations import Row
+from infra.settings import Resources
 from recipes.spec import load_spec
 from recipes.ucofia import UCoFiARecipeConfig
 
@@ -108,6 +109,9 @@ def reproduce_ucofia(
     num_workers: int = 1,
     ablations: bool = False,
     variants: list[str] | None = None,
+    cpus_per_worker: float | None = None,
+    parallel_jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run the UCoFiA DAG: the main variant, or `variants`; with `ablations` the whole table."""
-    return retrieval.run(UCOFIA, dataset, root, size, seed, overrides, num_workers, ablations, variants)
+    resources = Resources.resolve(cpus_per_worker, parallel_jobs)
+    return retrieval.run(UCOFIA, dataset, root, size, seed, overrides, num_workers, ablations, variants, resources)

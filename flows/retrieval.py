@@ -22,6 +22,7 @@ from flows.ablations import Row, build_table, log_table, run_variants, variant_j
 from flows.ingest import ingest_flow
 from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
+from infra.settings import Resources
 from models.config import build, merge, to_dict
 from pipelines import storage
 from recipes.spec import PaperSpec
@@ -103,6 +104,7 @@ def run(
     num_workers: int,
     ablations: bool,
     variants: list[str] | None,
+    resources: Resources,
 ) -> dict[str, Any]:
     """The DAG of `paper`: the main variant, or `variants`; with `ablations` the whole table."""
     start = time.monotonic()
@@ -117,7 +119,9 @@ def run(
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
     frames = ingest_flow(world["sources_csv"], root, key, **stages.MINI_INGEST[dataset])
-    clip = t["pretrain_mini_clip"](root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]))
+    clip = t["pretrain_mini_clip"](
+        root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]), resources.cpus_per_worker
+    )
     subsets = order_subsets(world["annotations"])
     # the whole table with `ablations`; else the chosen variants (`--variant`), by default the paper's method
     chosen = spec.chosen_variants(variants, ablations)
@@ -130,7 +134,8 @@ def run(
     def make_job(variant: str) -> dict[str, Any]:
         config = variant_config(paper, stage, clip, subsets, size, variant, user[name])
         main = variant == spec.main  # only the method itself becomes a registered version
-        return variant_job(name, name, name, variant, key, config, root, stage, num_workers, register=main)
+        cpus = resources.cpus_per_worker  # one job at a time: all of them
+        return variant_job(name, name, name, variant, key, config, root, stage, num_workers, main, cpus_per_worker=cpus)
 
     results = run_variants(chosen, make_job, t["train"])
     out: dict[str, Any] = {

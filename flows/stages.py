@@ -19,6 +19,7 @@ from typing import Any
 from prefect import task
 
 from flows.runtime import cached_task, is_transient
+from infra.settings import Resources
 from models.common.clip import ClipConfig
 from models.config import merge, to_dict
 from pipelines import storage
@@ -48,7 +49,9 @@ def make_data(name: str, root: str, size: str, seed: int) -> dict[str, Any]:
 
 
 @task(name="pretrain-mini-clip", retries=1, retry_condition_fn=is_transient)
-def pretrain_mini_clip(root: str, dataset: str, image_text: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def pretrain_mini_clip(
+    root: str, dataset: str, image_text: str, overrides: dict[str, Any], cpus_per_worker: float | None = None
+) -> dict[str, Any]:
     """The project's mini CLIP on the dataset's frame–caption pairs, registered in MLflow as ``mini-clip``."""
     from infra.jobs import training_job
     from infra.training_job import TrainingJob, run_job
@@ -66,6 +69,7 @@ def pretrain_mini_clip(root: str, dataset: str, image_text: str, overrides: dict
         data=dataset,
         identity={**config, "image_text": Path(image_text).name},  # the same pairs under another run root
         tags={"vlrepro.dataset": dataset},
+        cpus_per_worker=cpus_per_worker,  # a lone job: all of the DAG's CPUs per worker
     )
     out = run_job(TrainingJob(**job))
     out["clip_checkpoint"] = str(Path(out["model_dir"]) / "clip.pt")
@@ -96,9 +100,12 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(result, default=str))
 
 
-def train_together(train_task: Any, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training jobs, `parallel_jobs` at a time (settings), each with its share of the CPUs; results in the order of
-    `jobs`. With ``parallel_jobs`` 1 (the default) they run one after the other, as plain task calls.
+def train_together(
+    train_task: Any, jobs: list[dict[str, Any]], resources: Resources | None = None
+) -> list[dict[str, Any]]:
+    """Training jobs, ``resources.parallel_jobs`` at a time (default: the settings'), each with its share of
+    ``resources.cpus_per_worker``; results in the order of `jobs`. With one at a time (the default) they run one after
+    the other, as plain task calls, each with all of ``cpus_per_worker``.
 
     A job may name, under ``"after"``, the run names of jobs in the list that must finish first (a model it starts
     from); the key is taken out before the job reaches `train_task`. A job is started only when those have finished,
@@ -110,8 +117,6 @@ def train_together(train_task: Any, jobs: list[dict[str, Any]]) -> list[dict[str
     Raises:
         ValueError: an ``"after"`` name that is not an earlier job's run name.
     """
-    from infra.settings import get_settings
-
     names = [job["run_name"] for job in jobs]
     needs = [list(job.get("after", ())) for job in jobs]
     for i, need in enumerate(needs):
@@ -119,15 +124,15 @@ def train_together(train_task: Any, jobs: list[dict[str, Any]]) -> list[dict[str
         if bad:
             raise ValueError(f"job {names[i]} must run after {bad}, which are not earlier jobs of this list")
     plain = [{k: v for k, v in job.items() if k != "after"} for job in jobs]
-    settings = get_settings()
-    window = min(settings.parallel_jobs, len(jobs))
+    resources = resources or Resources.resolve()
+    window = min(resources.parallel_jobs, len(jobs))
     if window <= 1:
-        return [train_task(job) for job in plain]
-    cpus = settings.job_cpus(len(jobs))
+        return [train_task({**job, "cpus_per_worker": resources.cpus_per_worker}) for job in plain]
+    cpus = resources.job_cpus(len(jobs))
     logging.getLogger(__name__).info("training %d jobs, %d at a time, %g CPUs each", len(jobs), window, cpus)
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     finished: set[str] = set()
-    pending = [(i, {"cpus_per_worker": cpus, **job}) for i, job in enumerate(plain)]
+    pending = [(i, {**job, "cpus_per_worker": cpus}) for i, job in enumerate(plain)]
     running: dict[concurrent.futures.Future[Any], tuple[int, Any]] = {}
     while pending or running:
         ready = [p for p in pending if finished.issuperset(needs[p[0]])]

@@ -8,6 +8,7 @@ them themselves, and are deliberately *not* copied into `Settings`, so they can 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,8 +51,7 @@ class Settings:
 
     def job_cpus(self, concurrent_jobs: int) -> float:
         """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
-        share = min(self.parallel_jobs, max(1, concurrent_jobs))
-        return max(1.0, float(int(self.cpus_per_worker // share))) if share > 1 else self.cpus_per_worker
+        return Resources(self.cpus_per_worker, self.parallel_jobs).job_cpus(concurrent_jobs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +77,37 @@ class Settings:
                 "VLREPRO_RAY_TRAIN_POLL_S", get("VLREPRO_RAY_TRAIN_POLL_S") or "0.2", "number of seconds"
             ),
         )
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a DAG's training jobs may use: handed to each flow explicitly (the CLI's ``--cpus-per-worker`` and
+    ``--parallel-jobs``, a deployment's parameters), the settings only giving the defaults."""
+
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each training worker (its torch threads)
+    parallel_jobs: int = 1  # how many of a DAG's independent jobs run at once, sharing `cpus_per_worker`
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.cpus_per_worker, int | float) and math.isfinite(self.cpus_per_worker)):
+            raise ValueError(f"cpus_per_worker must be a positive number of CPUs, got {self.cpus_per_worker!r}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be a positive number of CPUs, got {self.cpus_per_worker!r}")
+        if not isinstance(self.parallel_jobs, int) or self.parallel_jobs < 1:
+            raise ValueError(f"parallel_jobs must be a whole number >= 1, got {self.parallel_jobs!r}")
+
+    @classmethod
+    def resolve(cls, cpus_per_worker: float | None = None, parallel_jobs: int | None = None) -> Resources:
+        """The given values, the settings' for those not given."""
+        settings = get_settings()
+        return cls(
+            settings.cpus_per_worker if cpus_per_worker is None else float(cpus_per_worker),
+            settings.parallel_jobs if parallel_jobs is None else parallel_jobs,
+        )
+
+    def job_cpus(self, concurrent_jobs: int) -> float:
+        """CPUs per worker for each of `concurrent_jobs` jobs started together (at most `parallel_jobs` run at once)."""
+        share = min(self.parallel_jobs, max(1, concurrent_jobs))
+        return max(1.0, float(int(self.cpus_per_worker // share))) if share > 1 else self.cpus_per_worker
 
 
 def _positive_float(name: str, value: str, what: str = "number of CPUs") -> float:

@@ -92,12 +92,26 @@ def test_jobs_run_two_at_a_time_on_half_the_cpus_and_come_back_in_order(settings
     assert jobs == [{"run_name": name} for name in seconds]  # the caller's dicts are not modified
 
 
-def test_one_job_at_a_time_is_a_plain_call_with_the_job_unchanged(settings):
+def test_one_job_at_a_time_is_a_plain_call_with_all_the_cpus(settings):
     settings("2", "1")
     task = FakeTask({"a": 0.0, "b": 0.0})
     out = stages.train_together(task, [{"run_name": "a"}, {"run_name": "b"}])
-    assert task.peak == 1 and [r["cpus"] for r in out] == [None, None]  # the settings' CPUs apply unchanged
-    assert task.submitted == [{"run_name": "a"}, {"run_name": "b"}]
+    assert task.peak == 1 and [r["cpus"] for r in out] == [2.0, 2.0]  # each lone job gets all of them
+    assert task.submitted == [{"run_name": "a", "cpus_per_worker": 2.0}, {"run_name": "b", "cpus_per_worker": 2.0}]
+
+
+def test_resources_handed_to_the_flow_win_over_the_settings(settings):
+    from infra.settings import Resources
+
+    settings("1", "1")
+    task = FakeTask({"a": 0.1, "b": 0.1, "c": 0.1})
+    out = stages.train_together(task, [{"run_name": n} for n in "abc"], Resources(cpus_per_worker=4, parallel_jobs=2))
+    assert task.peak == 2 and [r["cpus"] for r in out] == [2.0, 2.0, 2.0]
+    assert Resources.resolve(None, 3) == Resources(1.0, 3)  # the settings fill in what is not given
+    with pytest.raises(ValueError, match="parallel_jobs"):
+        Resources(1.0, 0)
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        Resources(float("nan"), 1)
 
 
 def test_a_failing_job_raises_its_error(settings):
@@ -134,7 +148,10 @@ def test_one_at_a_time_drops_the_after_key_and_keeps_the_order(settings):
     settings("2", "1")
     task = FakeTask({"a": 0.0, "b": 0.0})
     stages.train_together(task, [{"run_name": "a"}, {"run_name": "b", "after": ["a"]}])
-    assert task.submitted == [{"run_name": "a"}, {"run_name": "b"}]
+    assert [{k: v for k, v in job.items() if k != "cpus_per_worker"} for job in task.submitted] == [
+        {"run_name": "a"},
+        {"run_name": "b"},
+    ]
 
 
 def test_every_clip4clip_variant_has_a_submission_slot():
