@@ -33,6 +33,8 @@ def ingest_flow(
     samples_per_shard: int = 64,
     mode: shards.Mode = "incremental",
     timeout_s: float = 600.0,
+    max_frames: int = 0,
+    max_duration_s: float = 0.0,
 ) -> dict[str, Any]:
     """Ingest `source` (folder or CSV of videos) into `<root>/<dataset>/frames/<config-hash>/` shards."""
     start = time.monotonic()
@@ -40,7 +42,14 @@ def ingest_flow(
     if storage.is_local(source):
         source = str(storage.local_path(source).resolve())
     cfg = ing.IngestConfig(
-        decode=DecodeConfig(fps=fps, short_side=size, crop=crop, timeout_s=timeout_s),
+        decode=DecodeConfig(
+            fps=fps,
+            short_side=size,
+            crop=crop,
+            timeout_s=timeout_s,
+            max_frames=max_frames,
+            max_duration_s=max_duration_s,
+        ),
         samples_per_shard=samples_per_shard,
     )
     uri, jobs = ing.plan_ingest(ing.read_sources(source), root, dataset, cfg, mode)

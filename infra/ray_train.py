@@ -226,29 +226,41 @@ def _start_local() -> None:
       logging a warning each time; the hook quiets that one logger in every worker process (and must stay light, see
       infra/ray_hooks.py). Ray counts the CPUs itself (cgroup-aware, unlike os.cpu_count()).
     """
+    from ray._private import ray_constants
+
     from infra.settings import get_settings
 
     settings = get_settings()
     temp_dir = tempfile.mkdtemp(prefix="ray-vlrepro-", dir=settings.ray_temp_parent)  # short: see the setting
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir,
-        object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
-        runtime_env={
-            "worker_process_setup_hook": "infra.ray_hooks.setup_local_worker",
-            # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job on a
-            # small CPU budget (each costs ~2-3 % of a core while its job runs)
-            "env_vars": {
-                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                "RAY_TRAIN_METRICS_ENABLED": "0",
-                # each reported checkpoint and the end of a run wait for the controller's next poll (see the setting)
-                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(settings.ray_train_poll_s),
+    # On Linux `ray.init` swaps a loopback `_node_ip_address` for the host's routable IP, and every process then listens
+    # on all interfaces (GCS, raylet and workers on `::`, the autoscaler monitor on 0.0.0.0; seen with psutil on Ray
+    # 2.60). The only switch is the constant behind RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when ray is imported (an
+    # environment variable set here is too late): off, the node IP stays 127.0.0.1 and every process binds loopback.
+    # Off only while this init runs: a later `ray.init(address=...)` joining a real cluster needs the routable IP.
+    enable_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
+            runtime_env={
+                "worker_process_setup_hook": "infra.ray_hooks.setup_local_worker",
+                # one machine has no spot preemptions and no metrics exporter: two fewer polling actors per job on a
+                # small CPU budget (each costs ~2-3 % of a core while its job runs)
+                "env_vars": {
+                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                    "RAY_TRAIN_METRICS_ENABLED": "0",
+                    # each reported checkpoint and the end of a run wait for the controller's next poll (the setting)
+                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(settings.ray_train_poll_s),
+                },
             },
-        },
-    )
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
     _OWN["temp_dir"] = temp_dir
     atexit.register(_stop_local, temp_dir)
 

@@ -102,8 +102,8 @@ def test_every_entrypoint_loads_and_accepts_its_parameters(deployment: dict[str,
 
 
 def test_stage_flows_merge_config_files_and_overrides_like_the_train_cli_and_check_them_strictly() -> None:
+    from flows.cli.train import load_config
     from flows.deployments import recipe_config
-    from flows.train_cli import load_config
     from models.config import ConfigError
 
     yaml_path = str(REPO / "recipes" / "configs" / "clip4clip" / "mini-retrieval.yaml")  # a spec: its job's base

@@ -60,24 +60,24 @@ from typer.testing import CliRunner
 
 import infra.training_job
 import recipes
-from flows.train_cli import train_app
+from flows.cli.train import app as train_app
 from infra import settings
+from infra.jobs import run_name
 from infra.ray_train import load_recipe_fn
-from models.config import config_hash
 from recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RECIPE = "tests.infra.toy_recipe:build"
+# `vlrepro train run` builds registered recipes only: the tests register the toy recipe under this key.
+TOY = "toy-recipe"
 EPOCHS = 6
 RUN = "two-node"
-# The CLI as `vlrepro train run`, mounting the train sub-app if flows.cli does not (yet) do it itself.
+# The CLI as `vlrepro`, with the toy recipe registered (the workers get its import path from the driver).
 VLREPRO = [
     sys.executable,
     "-c",
-    "import sys; from flows import cli; from flows.train_cli import train_app; "
-    "'train' in {g.name for g in cli.app.registered_groups} or cli.app.add_typer(train_app, name='train'); "
-    "sys.exit(cli.main())",
+    f"import sys, recipes; recipes.RECIPES[{TOY!r}] = {RECIPE!r}; from flows.cli import main; sys.exit(main())",
 ]
 
 
@@ -220,7 +220,8 @@ def test_the_secret_scan_catches_pasted_credentials():
 
 @pytest.fixture
 def captured_job(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]]:
-    """Replace `run_job` by a recorder (the CLI imports it at call time), and keep RECIPES untouched."""
+    """Replace `run_job` by a recorder (the CLI imports it at call time), and register the toy recipe in a copy of
+    RECIPES (the real one stays untouched)."""
     calls: list[tuple[Any, str | None]] = []
 
     def fake_run_job(job: Any, ray_address: str | None = None) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def captured_job(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]
         return {"run_name": job.run_name, "history": [{"epoch": 1.0}], "metrics": {"eval/mse": 0.5}, "reused": False}
 
     monkeypatch.setattr(infra.training_job, "run_job", fake_run_job)
-    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+    monkeypatch.setattr(recipes, "RECIPES", {**recipes.RECIPES, TOY: RECIPE})
     monkeypatch.setattr(settings, "_settings", None)  # re-read the environment below
     return calls
 
@@ -238,24 +239,23 @@ def test_train_run_builds_the_job_from_config_overrides_and_environment(tmp_path
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     config = tmp_path / "toy.yaml"
     config.write_text("epochs: 2\nextra:\n  a: 1\n")
-    args = ["train", "run", "--recipe", RECIPE, "--config", str(config), "--set", "lr=0.05", "--set", "extra.b=x"]
+    args = ["train", "run", "--recipe", TOY, "--config", str(config), "--set", "lr=0.05", "--set", "extra.b=x"]
     result = CliRunner().invoke(cli(), [*args, "--workers", "2", "--json"])
     assert result.exit_code == 0, result.output
     ((job, address),) = captured_job
     expected = {"epochs": 2, "extra": {"a": 1, "b": "x"}, "lr": 0.05}
     assert job.config == expected
     # The deterministic job key (the same default as the Prefect `train` deployment), the environment's defaults.
-    assert job.run_name == f"toy-recipe-{config_hash(expected)}"
+    assert job.run_name == run_name("toy-recipe", expected)
     assert (job.root, address) == ("s3://bucket/runs", "10.0.0.1:6379")
     assert (job.recipe, job.paper, job.method, job.num_workers, job.use_gpu) == (
-        RECIPE,
+        TOY,
         "toy-recipe",
         "toy-recipe",
         2,
         False,
     )
-    # run_job resolves recipes through RECIPES: a dotted path is registered under itself for this process.
-    assert recipes.RECIPES[RECIPE] == RECIPE
+    assert RECIPE not in recipes.RECIPES  # nothing is registered on the fly
     assert json.loads(result.output.strip().splitlines()[-1])["run_name"] == job.run_name
 
     # Explicit flags win over the environment; a RECIPES key keeps its name.
@@ -278,12 +278,15 @@ def test_train_run_builds_the_job_from_config_overrides_and_environment(tmp_path
     ("extra", "needle"),
     [
         (["--recipe", "nope"], "unknown recipe"),
-        (["--recipe", "tests.infra.toy_recipe:missing"], "not a callable"),
-        (["--recipe", RECIPE, "--set", "epochz=3"], "rejects this config"),  # fails on the driver, not on workers
-        (["--recipe", RECIPE, "--set", "novalue"], "key=value"),
-        (["--recipe", RECIPE, "--config", "/definitely/not/here.yaml"], "does not exist"),
-        (["--recipe", RECIPE, "--run-name", "a/b"], "unsafe"),
-        (["--recipe", RECIPE, "--workers", "0"], "--workers"),
+        # an import path is refused, even of a real recipe: the command line only names registered recipes
+        (["--recipe", RECIPE], "import paths are not accepted"),
+        (["--recipe", "recipes.clip4clip:build"], "import paths are not accepted"),
+        (["--recipe", "toy-recipes"], "did you mean 'toy-recipe'"),
+        (["--recipe", TOY, "--set", "epochz=3"], "rejects this config"),  # fails on the driver, not on workers
+        (["--recipe", TOY, "--set", "novalue"], "key=value"),
+        (["--recipe", TOY, "--config", "/definitely/not/here.yaml"], "does not exist"),
+        (["--recipe", TOY, "--run-name", "a/b"], "unsafe"),
+        (["--recipe", TOY, "--workers", "0"], "--workers"),
     ],
 )
 def test_train_run_rejects_bad_input_before_training(extra, needle, captured_job):
@@ -430,7 +433,7 @@ def test_two_node_training_survives_a_killed_worker(cluster: LoopbackCluster, tm
     config.write_text(yaml.safe_dump({"epochs": EPOCHS}))
     command = [
         *VLREPRO,
-        *("train", "run", "--recipe", RECIPE, "--config", str(config), "--run-name", RUN, "--root", str(root)),
+        *("train", "run", "--recipe", TOY, "--config", str(config), "--run-name", RUN, "--root", str(root)),
         *("--workers", "2", "--max-failures", "1", "--metric", "eval/mse", "--lower-is-better", "--json"),
     ]
     driver_env = cluster.env | {"RAY_ADDRESS": cluster.address}

@@ -20,6 +20,8 @@ Differences from the toolkit, on purpose:
 - GTs with equal tIoU to a prediction are walked in their input order (stable sort), likewise;
 - a prediction whose label is not an evaluated class is ignored and counted (``n_ignored_predictions``) instead of
   raising ``KeyError``; no web call for blocked videos; no pandas / joblib.
+- `check_ground_truth` / `check_predictions` check files entry by entry (``ValueError`` naming the entry) and set aside
+  predictions whose segment ends before it starts, for the caller to report, instead of scoring them.
 - like the toolkit, predictions are **not** filtered by subset: a prediction on a video outside the evaluated subset
   has no ground truth there and counts as a FP.
 """
@@ -95,6 +97,77 @@ def average_precision(
     recall = tp_cum / npos
     precision = tp_cum / (tp_cum + fp_cum)
     return np.array([interpolated_prec_rec(precision[t], recall[t]) for t in range(n_thr)])
+
+
+def _check_instance(item: Any, where: str, scored: bool) -> tuple[float, float]:
+    """One ground-truth instance or prediction: a mapping with a str/int ``label``, a ``segment`` ``[start, end]`` of
+    finite numbers and (predictions) a finite ``score``. Returns (start, end); `ValueError` names `where`."""
+    if not isinstance(item, Mapping):
+        raise ValueError(f"{where} must be an object with label/segment/score, got {_json_type(item)}")
+    for key in ("label", "segment", "score") if scored else ("label", "segment"):
+        if key not in item:
+            raise ValueError(f"{where} has no {key!r}")
+    if isinstance(item["label"], bool) or not isinstance(item["label"], str | int):
+        raise ValueError(f"{where}: label must be a string or an integer, got {item['label']!r}")
+    segment = item["segment"]
+    numbers = list(segment) if isinstance(segment, list | tuple) else []
+    if len(numbers) != 2 or not all(_finite(v) for v in numbers):
+        raise ValueError(f"{where}: segment must be [start, end] in seconds, got {segment!r}")
+    if scored and not _finite(item["score"]):
+        raise ValueError(f"{where}: score must be a finite number, got {item['score']!r}")
+    return float(numbers[0]), float(numbers[1])
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value was in the file (``null``, ``object``, ...), for error messages."""
+    names = {type(None): "null", dict: "object", list: "array", str: "string", bool: "boolean"}
+    return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def check_ground_truth(database: Any) -> Mapping[str, Mapping[str, Any]]:
+    """An ActivityNet ``database`` (`detection_map`'s input) checked entry by entry, returned as is; `ValueError`
+    names the first malformed entry (a missing label/segment, a segment that is not two numbers or ends before it
+    starts) instead of a `KeyError` from deep inside the metric."""
+    if not isinstance(database, Mapping):
+        raise ValueError(f"the database must map video → entry, got {_json_type(database)}")
+    for video, entry in database.items():
+        where = f"database[{video!r}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be an object, got {_json_type(entry)}")
+        annotations = entry.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise ValueError(f"{where}['annotations'] must be a list, got {_json_type(annotations)}")
+        for i, ann in enumerate(annotations):
+            start, end = _check_instance(ann, f"{where}['annotations'][{i}]", scored=False)
+            if end < start:
+                raise ValueError(f"{where}['annotations'][{i}]: segment ends before it starts ({start}, {end})")
+    return database
+
+
+def check_predictions(results: Any) -> tuple[dict[str, list[Mapping[str, Any]]], int]:
+    """ActivityNet ``results`` checked entry by entry: (the predictions to score, how many were dropped because their
+    segment ends before it starts). `ValueError` names the first malformed entry (not a list, a missing
+    label/segment/score, a non-number); a reversed segment is not an error but is never scored: the caller reports
+    the count (the toolkit would score it, with a negative length)."""
+    if not isinstance(results, Mapping):
+        raise ValueError(f"the results must map video → [predictions], got {_json_type(results)}")
+    kept: dict[str, list[Mapping[str, Any]]] = {}
+    n_reversed = 0
+    for video, preds in results.items():
+        if not isinstance(preds, list):
+            raise ValueError(f"results[{video!r}] must be a list of predictions, got {_json_type(preds)}")
+        kept[video] = []
+        for i, pred in enumerate(preds):
+            start, end = _check_instance(pred, f"results[{video!r}][{i}]", scored=True)
+            if end < start:
+                n_reversed += 1
+            else:
+                kept[video].append(pred)
+    return kept, n_reversed
 
 
 def detection_map(

@@ -12,13 +12,15 @@ instead of starting over; a finished job returns its stored record at once. With
 ``<recipe>-<config hash>``: the same config is the same job. A different config under an existing name is an error,
 never a silent mix (`infra.ray_train.RunConflictError`).
 
-``--recipe`` is a key of `recipes.RECIPES` or an importable ``package.module:function`` path (the workers
-import it too, so it must be installed on, or on the ``PYTHONPATH`` of, every node). The config is a YAML or JSON
-mapping (local path or fsspec URI) with ``--set key=value`` dotted overrides on top; the recipe is built once here,
-on the driver, so a bad key fails before any worker starts.
+``--recipe`` is a key of `recipes.RECIPES`, nothing else: the command calls the recipe's builder on the driver and on
+every worker, so an import path (``package.module:function``) would let a command line — a deployment's parameters,
+a job manifest — call any importable function. A new recipe is registered in `recipes.RECIPES` (the Python API,
+`infra.ray_train.fit`, still takes paths). The config is a YAML or JSON mapping (local path or fsspec URI) with
+``--set key=value`` dotted overrides on top; the recipe is built once here, on the driver, so a bad key fails before
+any worker starts.
 
-Mounted in `flows.cli` with ``app.add_typer(train_app, name="train")``. Heavy imports (torch, ray, mlflow) happen
-inside the command, so ``--help`` stays instant; ``--json`` prints the job record as the last stdout line.
+Mounted by `flows.cli` as ``vlrepro train``. Heavy imports (torch, ray, mlflow) happen inside the command, so
+``--help`` stays instant; ``--json`` prints the job record as the last stdout line.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
-train_app = typer.Typer(
+app = typer.Typer(
     help="Train a recipe as a resumable Ray Train job (local Ray, or a cluster via RAY_ADDRESS).",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -37,25 +39,17 @@ train_app = typer.Typer(
 
 
 def resolve_recipe(recipe: str) -> tuple[str, str]:
-    """``--recipe`` → (job recipe key, ``module:function`` path). A registry key maps through `RECIPES`."""
+    """``--recipe`` → (its `RECIPES` key, the registered ``module:function`` path); anything else is a usage error."""
     from recipes import RECIPES
+    from recipes.spec import close_matches
 
     if recipe in RECIPES:
         return recipe, RECIPES[recipe]
-    if ":" in recipe:
-        return recipe, recipe
+    why = " (import paths are not accepted: register the recipe in recipes.RECIPES)" if ":" in recipe else ""
     raise typer.BadParameter(
-        f"unknown recipe {recipe!r}: use one of {', '.join(sorted(RECIPES))} or 'package.module:function'",
+        f"unknown recipe {recipe!r}{why}; choose one of {', '.join(sorted(RECIPES))}{close_matches(recipe, RECIPES)}",
         param_hint="--recipe",
     )
-
-
-def default_name(recipe_key: str) -> str:
-    """The MLflow experiment / registered model name of a recipe: its key, or the function's module name."""
-    if ":" not in recipe_key:
-        return recipe_key
-    module = recipe_key.partition(":")[0]
-    return module.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def load_config(uri: str | None, overrides: list[str], recipe: str | None = None) -> dict[str, Any]:
@@ -84,7 +78,7 @@ def load_config(uri: str | None, overrides: list[str], recipe: str | None = None
     try:
         # the recipe's config class is only known to the recipe, which validates the result strictly when it builds
         return merge_dict(data, parse_overrides(overrides))
-    except ConfigError as exc:
+    except (ConfigError, yaml.YAMLError) as exc:  # `--set noequals`, `--set a=[`
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
 
 
@@ -95,9 +89,11 @@ def _human(r: dict[str, Any]) -> str:
     return f"run {r['run_name']}: {len(history)} epochs{reused}\n  {metrics}\n  checkpoint {r.get('checkpoint')}"
 
 
-@train_app.command("run")
-def train_run(
-    recipe: Annotated[str, typer.Option("--recipe", help="A RECIPES key (e.g. clip4clip) or 'package.module:fn'.")],
+@app.command("run")
+def run(
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="A registered recipe: a recipes.RECIPES key (e.g. clip4clip).")
+    ],
     config: Annotated[
         str | None, typer.Option("--config", help="Recipe config: YAML or JSON mapping (path or fsspec URI).")
     ] = None,
@@ -139,18 +135,17 @@ def train_run(
     import ray
 
     from flows.console import emit
+    from infra.jobs import training_job
     from infra.ray_train import load_recipe_fn
     from infra.settings import get_settings
     from infra.training_job import TrainingJob, run_job
-    from models.config import config_hash
     from pipelines import storage
-    from recipes import RECIPES
 
     recipe_key, recipe_path = resolve_recipe(recipe)
     cfg = load_config(config, list(set_ or []), recipe_key)
     try:
         build = load_recipe_fn(recipe_path)
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError) as exc:  # a registry entry that does not import (a broken install)
         raise typer.BadParameter(str(exc), param_hint="--recipe") from exc
     try:
         build(cfg)  # strict typed build on the driver: a bad key or value fails here, not on every worker
@@ -159,20 +154,18 @@ def train_run(
             f"recipe {recipe_key!r} rejects this config: {type(exc).__name__}: {exc}", param_hint="--config/--set"
         ) from exc
 
-    name = run_name or f"{default_name(recipe_key)}-{config_hash(cfg)}"
     try:
-        storage.check_key(name)
+        storage.check_key(run_name or "default")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--run-name") from exc
     settings = get_settings()
-    # `run_job` resolves recipes through RECIPES; a dotted path is registered under itself for this process only.
-    RECIPES.setdefault(recipe_key, recipe_path)
-    job = TrainingJob(
-        paper=paper or default_name(recipe_key),
-        method=method or default_name(recipe_key),
+    fields = training_job(  # the default name: <recipe>-<config hash>, the same config, one job
+        paper=paper or recipe_key,
+        method=method or recipe_key,
+        who=recipe_key,
+        name=run_name,
         recipe=recipe_key,
         config=cfg,
-        run_name=name,
         root=storage.resolve_root(root or settings.run_root),
         metric=metric,
         higher_is_better=not lower_is_better,
@@ -183,6 +176,8 @@ def train_run(
         dataset_stage=dataset_stage,
         tags={"vlrepro.entrypoint": "vlrepro train run"},
     )
+    job = TrainingJob(**fields)
+    name = job.run_name
     print(f"training job {name} (root {job.root}, {workers} worker(s), gpu={gpu})", file=sys.stderr, flush=True)
     result = run_job(job, ray_address=ray_address or settings.ray_address)
     if ray.is_initialized():
@@ -192,4 +187,4 @@ def train_run(
     emit(result, as_json, _human)
 
 
-__all__ = ["default_name", "load_config", "resolve_recipe", "train_app", "train_run"]
+__all__ = ["app", "load_config", "resolve_recipe", "run"]
