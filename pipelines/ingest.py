@@ -404,9 +404,11 @@ def ingest(
                 summaries.append(fut.result().as_dict())
                 if progress:
                     progress(done, len(jobs))
-        except BaseException:
-            # Ctrl-C / SIGTERM / a failed shard: kill the running decodes (their ffmpeg process groups) instead of
-            # waiting for them, and start no queued shard; a stopped decode raises, it never becomes a failed row
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C / SIGTERM (the CLI raises KeyboardInterrupt for both): kill the running decodes (their ffmpeg
+            # process groups) instead of waiting for them, and start no queued shard; a stopped decode raises, it
+            # never becomes a failed row. A shard that fails for another reason lets the others finish and commit,
+            # so the rerun has less to do.
             ffmpeg.stop_children()
             pool.shutdown(wait=True, cancel_futures=True)
             raise

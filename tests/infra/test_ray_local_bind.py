@@ -27,14 +27,16 @@ def pid():  # a task, so that at least one worker process (with its own gRPC ser
 
 ray.get(pid.remote())
 me = psutil.Process()
-listening = sorted(
-    {
-        f"{p.name()} {c.laddr.ip}"
-        for p in [me, *me.children(recursive=True)]
-        for c in p.net_connections(kind="inet")
-        if c.status == psutil.CONN_LISTEN
-    }
-)
+
+
+def listens(p):  # a short-lived helper may exit between listing and reading its sockets
+    try:
+        return [f"{p.name()} {c.laddr.ip}" for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
+        return []
+
+
+listening = sorted({entry for p in [me, *me.children(recursive=True)] for entry in listens(p)})
 print(json.dumps({"listening": listening, "cluster_constant_restored": ray_constants.ENABLE_RAY_CLUSTER}))
 ray.shutdown()
 """

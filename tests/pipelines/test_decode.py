@@ -391,6 +391,8 @@ def test_an_interrupted_ingest_kills_its_decodes_instead_of_waiting_and_releases
 
     cfg = IngestConfig(DecodeConfig(fps=4, short_side=32, crop=32, timeout_s=120), samples_per_shard=1)
     timer = threading.Thread(target=interrupt_once_decoding)
+    # Python's own Ctrl-C handler: an in-process Ray Train fit of an earlier test leaves its SIGINT handler installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         timer.start()
         start = time.monotonic()
@@ -404,5 +406,6 @@ def test_an_interrupted_ingest_kills_its_decodes_instead_of_waiting_and_releases
         assert locks == [], locks
     finally:
         timer.join(timeout=30)
+        signal.signal(signal.SIGINT, previous)
         monkeypatch.delenv("VLREPRO_FFMPEG")
         ff.ffmpeg_binary.cache_clear()
