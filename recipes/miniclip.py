@@ -117,8 +117,18 @@ class MiniClipRecipe:
             }
 
     def export(self, model: nn.Module, folder: Path) -> None:
-        """The backbone alone, loadable by `build_clip(ClipConfig(arch, pretrained=folder / "clip.pt"))`."""
-        torch.save(model.clip.state_dict(), folder / "clip.pt")  # type: ignore[union-attr]
+        """The backbone alone, loadable by `build_clip(ClipConfig(arch, pretrained=folder / "clip.pt"))`, with the
+        logit scale the InfoNCE trained.
+
+        The trained scale lives in the loss (`MiniClipModel.loss.logit_scale`); the backbone's own ``logit_scale``
+        never gets a gradient and would export CLIP's initial ln(1/0.07) (a trained ℓ = 19.3 saved as 14.29), which
+        the methods that inherit CLIP's scale (CLIP4Clip's loose heads, UCoFiA) would start from.
+        """
+        assert isinstance(model, MiniClipModel)
+        state = model.clip.state_dict()
+        (key,) = [k for k in state if k.endswith("logit_scale")]
+        state[key] = model.loss.logit_scale.detach().clone().reshape(state[key].shape)
+        torch.save(state, folder / "clip.pt")
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Frame→caption retrieval on held-out frames against every distinct caption (R@K in percent)."""
