@@ -10,9 +10,7 @@ multisets are identical, so order-blind pooling provably cannot separate them).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -20,9 +18,9 @@ from prefect import flow
 from flows import stages
 from flows.ingest import ingest_flow
 from infra.settings import Resources
-from models.config import build, merge, to_dict
 from pipelines import storage
 from recipes.clip4clip import Clip4ClipRecipeConfig
+from recipes.experiments.retrieval import order_subsets, variant_config
 from recipes.spec import load_spec
 
 #: the experiment spec (recipes/configs/clip4clip/mini-retrieval.yaml): the mini base config, the heads (`VARIANTS`),
@@ -50,15 +48,6 @@ def with_prerequisites(variants: list[str]) -> list[str]:
     return [v for v in VARIANTS if v in wanted]
 
 
-def order_subsets(annotations: str | Path) -> dict[str, list[str]]:
-    """Evaluation subsets from the mini world's annotations: provable order twins, and all twins."""
-    ann = json.loads(Path(annotations).read_text())
-    pairs = ann.get("order_pairs", [])
-    order = sorted({k for p in pairs if p.get("provable") for k in (p["a"], p["b"])})
-    twins = sorted({k for p in pairs for k in (p["a"], p["b"])})
-    return {"order": order, "twins": twins} if order else {}
-
-
 def head_config(
     features_uri: str,
     clip: dict[str, Any],
@@ -67,17 +56,7 @@ def head_config(
     overrides: dict[str, Any],
     size: str = "small",
 ) -> dict[str, Any]:
-    cfg = merge(build(Clip4ClipRecipeConfig), SPEC.base("clip4clip"))
-    cfg = merge(
-        cfg,
-        {
-            "model.clip.arch": clip["clip_arch"],
-            "model.clip.pretrained": clip["clip_checkpoint"],
-            "data.stage": features_uri,
-            "data.subsets": subsets,
-        },
-    )
-    return to_dict(merge(merge(merge(cfg, VARIANTS[variant]), SIZES[size]), overrides))
+    return variant_config(SPEC, Clip4ClipRecipeConfig, features_uri, clip, subsets, size, variant, overrides)
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:

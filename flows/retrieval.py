@@ -6,8 +6,7 @@ recipe's config type, which features of the frozen mini CLIP its jobs read, what
 ablation row — and its ``@flow`` calls `run`. Everything else (the override grammar, the stages shared with the
 other DAGs on the same root and dataset key, variants and registration, the table) is the same for both, here.
 
-A job's config is the recipe's typed defaults (the paper's) ← the spec's base ← the mini CLIP, the features stage
-and the evaluation subsets ← the variant ← the size ← the user's ``--set``.
+A job's config: `recipes.experiments.retrieval.variant_config`, the one CLIP4Clip's heads use too.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ from typing import Any
 from flows import stages
 from flows.ablations import Row, build_table, log_table, run_variants, variant_job
 from flows.ingest import ingest_flow
-from flows.reproduce_clip4clip import order_subsets
 from flows.reproduce_clip4clip import summarise as summarise_retrieval
 from infra.settings import Resources
-from models.config import build, merge, to_dict
 from pipelines import storage
+from recipes.experiments import retrieval as experiment
+from recipes.experiments.retrieval import order_subsets
 from recipes.spec import PaperSpec
 
 #: a job's config → the keyword arguments of `stages.extract_clip_features` that make the features it reads
@@ -54,16 +53,9 @@ def variant_config(
     variant: str,
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    spec = paper.spec
-    cfg: Any = merge(build(paper.recipe_config), spec.base(spec.paper))
-    stages_in = {
-        "model.clip.arch": clip["clip_arch"],
-        "model.clip.pretrained": clip["clip_checkpoint"],
-        "data.stage": features_uri,
-        "data.subsets": dict(subsets),
-    }
-    cfg = merge(merge(merge(cfg, stages_in), spec.variants[variant]), spec.size_overrides(size, spec.paper))
-    return to_dict(merge(cfg, dict(overrides)))
+    return experiment.variant_config(
+        paper.spec, paper.recipe_config, features_uri, clip, subsets, size, variant, overrides
+    )
 
 
 def job_configs(
