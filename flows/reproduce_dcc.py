@@ -13,10 +13,10 @@ record):
 | two-stream I3D, random-init tiny width | `i3d_features` | ``i3d-features`` stage |
 | mini CLIP on the world's frame–caption pairs | `stages.pretrain_mini_clip` | ``mini-clip`` model |
 | CLIP frame features (CLS, every 25 fps frame) | `stages.extract_clip_features` | ``clip-features`` stage |
-| parent MLflow run of the DAG | `open_parent_run` | run id, tagged as every step's parent |
+| parent MLflow run of the DAG | `open_dcc_parent_run` | run id, tagged as every step's parent |
 | warm-up, B, F, B, F … (one job each) | `stages.train` (recipe ``dcc``) | ``models/<run>/model.pt`` + predictions |
 | evaluation of the final step's prediction file | `score_predictions` | mAP at THUMOS / ActivityNet tIoUs |
-| tables, timeline plots, registry summary | `log_results` | artefacts on the parent run |
+| tables, timeline plots, registry summary | `log_dcc_results` | artefacts on the parent run |
 
 **Steps are jobs.** The warm-up and every B / F step is its own `infra.training_job.TrainingJob` (recipe
 ``recipes.dcc``, the stage chosen by ``stage``), run by its own Prefect task, with its own Ray run name (the
@@ -27,15 +27,9 @@ crash in step k leaves steps < k finished (job records, Prefect cache) and the r
 chains that share a prefix with the main chain (the warm-up; only-B's first B step) have the same keys for it and
 reuse it. Only the main chain's final step is registered (model ``dcc``, champion metric `METRIC`).
 
-**TV-L1 fan-out.** `tvl1_plan` lists one job per committed frames shard (`pipelines.features.tvl1.plan_flow`);
-`tvl1_shard` is mapped over them (Prefect ``.map``), tagged ``"tvl1"``. Concurrency, three ways:
-
-- in this process, at most ``flow_workers`` shards compute at once (`infra.fanout`; default 2 = this machine's
-  cores; OpenCV releases the GIL inside ``calc``, so threads scale like processes);
-- across flow runs / workers of a deployment: a Prefect tag limit, ``prefect concurrency-limit create tvl1 2``
-  (inspect with ``prefect concurrency-limit inspect tvl1``, remove with ``... delete tvl1``);
-- with ``RAY_ADDRESS`` set, each shard runs as a Ray task (``num_cpus=1``, `infra.fanout.run_shard`) on the
-  cluster, which schedules them; the Prefect task only waits for it.
+**TV-L1 fan-out.** `tvl1_plan` lists one job per committed frames shard; `tvl1_shard` is mapped over them (Prefect
+``.map``, tag ``"tvl1"``): at most ``flow_workers`` at once in this process, or one Ray task each on the cluster at
+``RAY_ADDRESS`` (`infra.fanout`); across flow runs, a Prefect tag limit (``prefect concurrency-limit create tvl1 2``).
 
 The flow → I3D branch runs in Prefect's worker threads while the main thread trains the mini CLIP (a Ray job) and
 extracts the CLIP features, so the 2 cores stay busy during the single-threaded stages.
@@ -54,24 +48,29 @@ with pytorch-i3d weights) or ``tvl1.`` (`TVL1Config`). `job_configs` resolves th
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 
 from flows import stages
 from flows.ingest import ingest_flow
-from flows.runtime import cached_task, is_transient
+from flows.runtime import cached_task
+from flows.tasks import (
+    i3d_features,
+    log_dcc_results,
+    mark_failed,
+    open_dcc_parent_run,
+    score_predictions,
+    tvl1_commit,
+    tvl1_plan,
+    tvl1_shard,
+)
 from infra.settings import Resources
-from models.config import build
 from models.dcc import VARIANT_EVAL_BRANCH, stage_schedule
 from pipelines import storage
-from pipelines.features.i3d import I3DFeatureConfig
-from pipelines.features.tvl1 import TVL1Config
 from recipes.experiments.dcc import (
     ABLATIONS,
     MAIN_VARIANT,
@@ -85,103 +84,6 @@ from recipes.experiments.dcc import (
     step_record,
     table_row,
 )
-
-# ----- TV-L1 flow, fanned out per shard --------------------------------------------------------------------------
-
-
-@task(name="tvl1-plan", retries=1, retry_condition_fn=is_transient)
-def tvl1_plan(frames_uri: str, root: str, dataset: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Create / check the flow stage; one job per committed frames shard."""
-    from pipelines.features.tvl1 import plan_flow
-
-    uri, jobs = plan_flow(frames_uri, root, dataset, build(TVL1Config, cfg))
-    return {"stage_uri": uri, "jobs": [j.to_dict() for j in jobs]}
-
-
-@task(name="tvl1-shard", retries=1, retry_condition_fn=is_transient, tags=["tvl1"])
-def tvl1_shard(job: dict[str, Any], frames_uri: str, cfg: dict[str, Any], workers: int) -> dict[str, Any]:
-    """TV-L1 flow of one frames shard (idempotent: a committed shard is skipped); where it runs: `infra.fanout`."""
-    from infra import fanout
-    from pipelines.features.tvl1 import flow_shard_json
-
-    return fanout.run_shard(flow_shard_json, job, frames_uri, cfg, slots=workers)
-
-
-@task(name="tvl1-commit", retries=1, retry_condition_fn=is_transient)
-def tvl1_commit(plan: dict[str, Any], frames_uri: str, cfg: dict[str, Any], summaries: list[Any]) -> dict[str, Any]:
-    """Commit the flow stage once every shard is; summarise pairs and throughput."""
-    from pipelines.features.tvl1 import commit_flow_stage
-
-    return commit_flow_stage(plan["stage_uri"], frames_uri, cfg, summaries)
-
-
-@task(name="i3d-features", retries=1, retry_condition_fn=is_transient)
-def i3d_features(frames_uri: str, flow: dict[str, Any], root: str, dataset: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Two-stream I3D snippet features of the frames and their flow, with the feature width."""
-    from pipelines.features.i3d import extract
-
-    return extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
-
-
-# ----- tracking ------------------------------------------------------------------------------------------------------
-
-
-@task(name="dcc-parent-run")
-def open_parent_run(root: str, run_key: str, params: dict[str, Any]) -> str:
-    """The DAG's MLflow run (same key ⇒ same run across reruns); every step job is its child. Not cached: a rerun
-    must set it RUNNING again."""
-    from infra.tracking import Tracker
-
-    tracker = Tracker.for_run_root(root)
-    return tracker.start_or_resume(PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "dag"})
-
-
-@task(name="dcc-score-predictions", retries=1, retry_condition_fn=is_transient)
-def score_predictions(predictions: str, ground_truth: str) -> dict[str, Any]:
-    """Evaluation of a prediction file exactly as ``vlrepro eval detection`` does it (`recipes.evaluation`)."""
-    from recipes.evaluation.detection import score_mini_wtal
-
-    return score_mini_wtal(predictions, ground_truth)
-
-
-@task(name="dcc-log-results", retries=1, retry_condition_fn=is_transient)
-def log_results(root: str, parent_id: str, summary: dict[str, Any], timelines: dict[str, str]) -> dict[str, Any]:
-    """Parent run: the main chain's final metrics, the ablation table (an MLflow table artefact), the timeline plots
-    (also on the final step's own run); then the parent is marked FINISHED."""
-    from infra.plots_wtal import timeline_figure
-    from infra.results import log_results as log_tables
-    from infra.tracking import Tracker
-    from pipelines.storage import read_json
-
-    tracker = Tracker.for_run_root(root)
-    log_tables(
-        tracker,
-        parent_id,
-        paper=PAPER,
-        dataset=summary["dataset"],
-        results=summary,
-        rows=summary.get("ablations"),
-        claims=SPEC.claims,
-        metrics={f"final/{k}": v for k, v in summary["metrics"].items()},
-    )
-    plots = []
-    for variant, path in timelines.items():
-        branch = VARIANT_EVAL_BRANCH[variant]
-        figure = timeline_figure(read_json(path), branch=branch, title=f"DCC {variant} (detections: {branch})")
-        name = f"plots/timeline_{variant}.png"
-        tracker.log_figure(parent_id, figure, name)
-        plots.append(name)
-    main = summary["steps"][-1]["run_id"]
-    main_timeline = timelines.get(MAIN_VARIANT)
-    if main_timeline:
-        tracker.log_figure(main, timeline_figure(read_json(main_timeline)), "plots/timeline.png")
-    tracker.finish(parent_id, "FINISHED")
-    return {"parent_run_id": parent_id, "plots": plots}
-
-
-def _cached(fn: Any, root: str) -> Any:
-    return cached_task(fn, root)
-
 
 # ----- the flow ----------------------------------------------------------------------------------------------------
 
@@ -225,10 +127,12 @@ def reproduce_dcc(
     from infra import fanout
 
     fanout.prepare()  # a cluster is joined from the main thread, before any shard task needs it
-    plan = _cached(tvl1_plan, root)(frames_uri, root, key, tvl1_cfg)
-    shard_futures = _cached(tvl1_shard, root).map(plan["jobs"], unmapped(frames_uri), unmapped(tvl1_cfg), flow_workers)
-    flow_future = _cached(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
-    i3d_future = _cached(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
+    plan = cached_task(tvl1_plan, root)(frames_uri, root, key, tvl1_cfg)
+    shard_futures = cached_task(tvl1_shard, root).map(
+        plan["jobs"], unmapped(frames_uri), unmapped(tvl1_cfg), flow_workers
+    )
+    flow_future = cached_task(tvl1_commit, root).submit(plan, frames_uri, tvl1_cfg, shard_futures)
+    i3d_future = cached_task(i3d_features, root).submit(frames_uri, flow_future, root, key, i3d_cfg)
     # branch 2 (this thread): mini CLIP → CLIP frame features
     clip = t["pretrain_mini_clip"](
         root, key, world["image_text"], stages.mini_clip_overrides(size, user["miniclip"]), resources.cpus_per_worker
@@ -243,7 +147,7 @@ def reproduce_dcc(
     from infra.jobs import training_job, was_finished
 
     parent_key = job_name(PAPER, base, part="dag", data=key)
-    parent_id = open_parent_run(root, parent_key, {"dataset": key, "size": size, "config": base})
+    parent_id = open_dcc_parent_run(root, parent_key, {"dataset": key, "size": size, "config": base})
     finished: dict[str, dict[str, Any]] = {}  # run name → step record, within this flow run
 
     def chain(variant: str, register: bool) -> list[dict[str, Any]]:
@@ -284,7 +188,7 @@ def reproduce_dcc(
     try:
         main = chain(MAIN_VARIANT, register=True)
         branch = VARIANT_EVAL_BRANCH[MAIN_VARIANT]
-        scored = _cached(score_predictions, root)(
+        scored = cached_task(score_predictions, root)(
             str(Path(main[-1]["model_dir"]) / f"predictions_{branch}.json"), world["annotations"]
         )
         timelines = {MAIN_VARIANT: str(Path(main[-1]["model_dir"]) / "timeline.json")}
@@ -308,9 +212,9 @@ def reproduce_dcc(
             "steps": [{k: s[k] for k in ("step", "stage", "run_name", "run_id")} for s in main],
             "ablations": table,
         }
-        logged = log_results(root, parent_id, summary, timelines)
+        logged = log_dcc_results(root, parent_id, summary, timelines)
     except BaseException:
-        _mark_failed(root, parent_id)
+        mark_failed(root, parent_id)
         raise
 
     m = main[-1]["metrics"]
@@ -344,24 +248,3 @@ def reproduce_dcc(
     if table is not None:
         out["ablations"] = table
     return out
-
-
-def _mark_failed(root: str, run_id: str) -> None:
-    from infra.tracking import Tracker
-
-    # the tracking backend being down must not hide the DAG's own error
-    with contextlib.suppress(Exception):
-        Tracker.for_run_root(root).finish(run_id, "FAILED")
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    import torch
-
-    torch.set_num_threads(1)
-    run_root = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dcc-small"
-    with_ablations = "--ablations" in sys.argv
-    result = reproduce_dcc(root=run_root, size="small", ablations=with_ablations)
-    print(json.dumps(result, indent=1, default=str))

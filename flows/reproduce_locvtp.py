@@ -15,16 +15,16 @@ Stages and jobs (each reused on rerun: Prefect's persisted results, and each sta
 |---|---|---|
 | mini-grounding world, frames at 8 fps, 64 px | `stages.make_data`, `ingest_flow` | frames stage |
 | mini CLIP on the world's frame–caption pairs | `stages.pretrain_mini_clip` | ``mini-clip`` model |
-| CLIP stem + first L−k blocks on every 4th frame | `prefix_tokens` | ``locvtp-prefix`` stage |
+| CLIP stem + first L−k blocks on every 4th frame | `locvtp_prefix_tokens` | ``locvtp-prefix`` stage |
 | LocVTP pre-training | `stages.train` (recipe ``locvtp``) | ``locvtp`` model, metric ``t2v/R@1`` |
-| clip features, LocVTP and baseline | `clip_features` | ``locvtp-clips`` stages |
+| clip features, LocVTP and baseline | `locvtp_clip_features` | ``locvtp-clips`` stages |
 | 2D-TAN head on each | `stages.train` (recipe ``grounding``) | ``locvtp-grounding`` / ``clip-grounding`` models |
-| retrieval transfer, summary | `retrieval_transfer`, `log_summary` | MLflow summary run with the tables |
+| retrieval transfer, summary | `locvtp_retrieval_transfer`, `log_locvtp_summary` | MLflow summary run with the tables |
 
 **Size choices** (`SIZES`, on top of ``recipes/configs/locvtp/mini-grounding.yaml``) and why — budget: the default
 DAG on ``size="small"`` in ~10 minutes on 2 quiet CPU cores, most of it the mini CLIP (600 steps) and LocVTP:
 
-- ``input: tokens``: the frozen prefix is computed once (`prefix_tokens`), not at every step;
+- ``input: tokens``: the frozen prefix is computed once (`locvtp_prefix_tokens`), not at every step;
 - pre-training is counted in *passes* over the 96 training videos (6 steps each at batch 16):
   ``repeats_per_epoch`` passes per epoch, so an epoch (one checkpoint + one evaluation) is ~24 steps; see `SIZES`;
 - tiny: the test world (4 + 2 videos), a handful of steps for every job, only to prove the DAG end to end.
@@ -41,13 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 
 from flows import stages
 from flows.ingest import ingest_flow
-from flows.runtime import cached_task, is_transient
+from flows.runtime import cached_task
+from flows.tasks import locvtp_clip_features, locvtp_prefix_tokens, locvtp_retrieval_transfer, log_locvtp_summary
 from infra.settings import Resources
-from models.config import build, merge, to_dict
+from models.config import merge, to_dict
 from pipelines import storage
 from recipes.experiments.locvtp import (
     ABLATIONS,
@@ -61,80 +62,6 @@ from recipes.experiments.locvtp import (
     pretrain_config,
     table_row,
 )
-
-# ----- tasks -------------------------------------------------------------------------------------------------------
-
-
-@task(name="locvtp-prefix", retries=1, retry_condition_fn=is_transient)
-def prefix_tokens(frames_uri: str, root: str, dataset: str, model: dict[str, Any]) -> dict[str, Any]:
-    """The frozen prefix (CLIP stem + first L−k blocks) of every 4th frame: the ``input="tokens"`` stage."""
-    from pipelines.features.locvtp_clips import PrefixTokenConfig, extract_prefix
-
-    return extract_prefix(frames_uri, root, dataset, build(PrefixTokenConfig, {"model": model}))
-
-
-@task(name="locvtp-clip-features", retries=1, retry_condition_fn=is_transient)
-def clip_features(
-    input_uri: str, root: str, dataset: str, model: dict[str, Any], checkpoint: str | None
-) -> dict[str, Any]:
-    """Dense clip features of the LocVTP encoder (`checkpoint`) or of the encoder at init (None: the baseline)."""
-    from pipelines.features.locvtp_clips import LocVTPFeatureConfig, extract_clips
-
-    return extract_clips(
-        input_uri, root, dataset, build(LocVTPFeatureConfig, {"model": model, "checkpoint": checkpoint})
-    )
-
-
-@task(name="locvtp-retrieval-transfer", retries=1, retry_condition_fn=is_transient)
-def retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[str, float]]:
-    """Text↔moment retrieval on the test queries from a clip-feature stage (its clip and sentence features)."""
-    import numpy as np
-
-    from pipelines.features.locvtp_clips import iter_features
-    from recipes.locvtp import moment_retrieval, queries_by_video, read_queries
-
-    clips, text, seconds, durations = {}, {}, {}, {}
-    for key, c, t, meta in iter_features(features_uri):
-        clips[key], seconds[key] = c, float(meta["clip_seconds"])
-        text[key] = dict(zip(meta.get("captions") or [], t, strict=True))
-        if meta.get("split") == "test":
-            durations[key] = float(meta["duration"])
-    by_video = queries_by_video(read_queries(test_queries, durations))
-    queries = [q for key in sorted(by_video) for q in by_video[key]]
-    sentence = np.stack([text[q.video][q.sentence] for q in queries])  # (Q, D)
-    return moment_retrieval(clips, seconds, queries, sentence)
-
-
-@task(name="locvtp-summary", retries=1, retry_condition_fn=is_transient)
-def log_summary(root: str, run_key: str, summary: dict[str, Any]) -> str:
-    """One MLflow run per (dataset, results) in experiment ``locvtp`` holding the result tables as JSON artefacts."""
-    from infra.results import log_results
-    from infra.tracking import Tracker, run_guard
-
-    tracker = Tracker.for_run_root(root)
-    params = {"dataset": summary["dataset"], "jobs": sorted(summary["jobs"])}
-    run_id = tracker.start_or_resume(PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "summary"})
-    with run_guard(tracker, run_id):
-        log_results(
-            tracker,
-            run_id,
-            paper=PAPER,
-            dataset=summary["dataset"],
-            results=summary["results"],
-            rows=summary.get("ablations"),
-            claims=SPEC.claims,
-            metrics={
-                f"{name}/{metric}": value
-                for name, block in summary["results"]["grounding"].items()
-                for metric, value in block.items()
-            },
-        )
-    return run_id
-
-
-def _cached(fn: Any, root: str) -> Any:
-    return cached_task(fn, root)
-
 
 # ----- the flow ----------------------------------------------------------------------------------------------------
 
@@ -165,10 +92,10 @@ def reproduce_locvtp(
     # the one grammar: `key=v` reaches every job that has the key, `<job>.key=v` one job (before any work)
     user = stages.route_overrides(overrides, job_configs(size, ablations=ablations))
     t = stages.cached(root)
-    prefix_task = _cached(prefix_tokens, root)
-    features_task = _cached(clip_features, root)
-    retrieval_task = _cached(retrieval_transfer, root)
-    summary_task = _cached(log_summary, root)
+    prefix_task = cached_task(locvtp_prefix_tokens, root)
+    features_task = cached_task(locvtp_clip_features, root)
+    retrieval_task = cached_task(locvtp_retrieval_transfer, root)
+    summary_task = cached_task(log_locvtp_summary, root)
 
     key = stages.dataset_key(dataset, size, seed)
     world = t["make_data"](dataset, root, size, seed)
