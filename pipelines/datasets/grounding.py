@@ -12,18 +12,22 @@ the loaders LocVTP's grounding experiments use):
   ``{video: {"duration": s, "timestamps": [[start, end], ...], "sentences": [...]}}``. 2D-TAN keeps a pair when
   start < end and clamps it to ``[0, duration]``; queries whose clamped moment is empty are dropped too.
 
-Times are seconds, moments half-open ``[start, end)`` (`models.common.segments` convention).
+Times are seconds, moments half-open ``[start, end)`` (`models.common.segments` convention). `charades_sta_rows` /
+`activitynet_captions_rows` give the queries as written (no clamping or dropping), `clamp_query` applies 2D-TAN's
+rule to one and `clamp_counts` counts what it drops and clips (the real-benchmark adapters `charades_sta` and
+`anet_captions_grounding` report that in ``data check``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.datasets.files import DatasetFileError, read_csv
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,46 @@ def _clamped(video: str, start: float, end: float, sentence: str, duration: floa
     return GroundingQuery(video, start, end, sentence, duration)
 
 
-def parse_charades_sta(
-    text: str, durations: Mapping[str, float] | None = None, source: str = "<string>"
-) -> list[GroundingQuery]:
-    """Charades-STA lines → queries, in file order (blank lines skipped).
+def clamp_query(query: GroundingQuery) -> GroundingQuery | None:
+    """2D-TAN's rule on one raw query: its moment clamped to [0, duration] (when known); None when empty."""
+    return _clamped(query.video, query.start, query.end, query.sentence, query.duration)
 
-    durations: video → length in seconds (`read_charades_durations`); when given, every video must be listed, ends
-    are clamped to it and empty moments dropped (2D-TAN). Without it, only start >= end queries are dropped.
-    Raises ValueError naming `source` and the line for a malformed line.
-    """
-    queries: list[GroundingQuery] = []
+
+@dataclass(frozen=True)
+class ClampCounts:
+    """What 2D-TAN's rule does to raw queries: `reversed` start >= end as written; `clipped` kept with a moment cut
+    to [0, duration]; `emptied` start < end as written but empty once clamped (starts at or past the end)."""
+
+    rows: int
+    reversed: int
+    clipped: int
+    emptied: int
+
+    @property
+    def kept(self) -> int:
+        return self.rows - self.reversed - self.emptied
+
+
+def clamp_counts(rows: Iterable[GroundingQuery]) -> ClampCounts:
+    """`ClampCounts` of raw queries (`charades_sta_rows` with durations, `activitynet_captions_rows`)."""
+    n = reversed_ = clipped = emptied = 0
+    for q in rows:
+        n += 1
+        if not q.start < q.end:
+            reversed_ += 1
+            continue
+        kept = clamp_query(q)
+        if kept is None:
+            emptied += 1
+        elif (kept.start, kept.end) != (q.start, q.end):
+            clipped += 1
+    return ClampCounts(n, reversed_, clipped, emptied)
+
+
+def charades_sta_rows(text: str, source: str = "<string>") -> list[tuple[int, GroundingQuery]]:
+    """Charades-STA lines as written → (line number, query) with no clamping or dropping (duration None), blank
+    lines skipped; CRLF or LF. Raises ValueError naming `source` and the line for a malformed line."""
+    rows: list[tuple[int, GroundingQuery]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -78,12 +112,27 @@ def parse_charades_sta(
             raise ValueError(f"{where}: start/end are not numbers in {line!r}") from None
         if not (math.isfinite(start) and math.isfinite(end)):
             raise ValueError(f"{where}: non-finite time in {line!r}")
+        rows.append((lineno, GroundingQuery(video, start, end, _clean_sentence(sentence))))
+    return rows
+
+
+def parse_charades_sta(
+    text: str, durations: Mapping[str, float] | None = None, source: str = "<string>"
+) -> list[GroundingQuery]:
+    """Charades-STA lines → queries, in file order (blank lines skipped).
+
+    durations: video → length in seconds (`read_charades_durations`); when given, every video must be listed, ends
+    are clamped to it and empty moments dropped (2D-TAN). Without it, only start >= end queries are dropped.
+    Raises ValueError naming `source` and the line for a malformed line.
+    """
+    queries: list[GroundingQuery] = []
+    for lineno, row in charades_sta_rows(text, source):
         duration = None
         if durations is not None:
-            if video not in durations:
-                raise ValueError(f"{where}: video {video!r} has no duration")
-            duration = float(durations[video])
-        query = _clamped(video, start, end, _clean_sentence(sentence), duration)
+            if row.video not in durations:
+                raise ValueError(f"{source}:{lineno}: video {row.video!r} has no duration")
+            duration = float(durations[row.video])
+        query = _clamped(row.video, row.start, row.end, row.sentence, duration)
         if query is not None:
             queries.append(query)
     return queries
@@ -96,9 +145,16 @@ def read_charades_sta(path: str | Path, durations: Mapping[str, float] | None = 
 
 
 def read_charades_durations(path: str | Path) -> dict[str, float]:
-    """Charades ``Charades_v1_{split}.csv`` → {video id: length seconds} (columns ``id`` and ``length``)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["id"]: float(row["length"]) for row in csv.DictReader(fh)}
+    """Charades ``Charades_v1_{split}.csv`` → {video id: length seconds} (columns ``id`` and ``length``; CRLF as
+    written by Python's csv module, or LF). Raises `DatasetFileError` naming the file."""
+    path = Path(path)
+    out: dict[str, float] = {}
+    for row in read_csv(path, ["id", "length"]):
+        try:
+            out[row["id"]] = float(row["length"])
+        except ValueError:
+            raise DatasetFileError(f"{path}: video {row['id']!r} has length {row['length']!r}, not a number") from None
+    return out
 
 
 def format_charades_sta(queries: Iterable[GroundingQuery]) -> str:
@@ -118,6 +174,12 @@ def write_charades_sta(queries: Iterable[GroundingQuery], path: str | Path) -> N
 
 def parse_activitynet_captions(data: Mapping[str, Any], source: str = "<mapping>") -> list[GroundingQuery]:
     """ActivityNet Captions JSON (already loaded) → queries, videos in file order, sentences in listed order."""
+    return [q for row in activitynet_captions_rows(data, source) if (q := clamp_query(row)) is not None]
+
+
+def activitynet_captions_rows(data: Mapping[str, Any], source: str = "<mapping>") -> list[GroundingQuery]:
+    """ActivityNet Captions JSON (already loaded) → one query per (timestamp, sentence) as written (with the video's
+    duration; no clamping or dropping). Raises ValueError naming `source` and the video for a malformed entry."""
     queries: list[GroundingQuery] = []
     for video, entry in data.items():
         where = f"{source}: video {video!r}"
@@ -129,18 +191,21 @@ def parse_activitynet_captions(data: Mapping[str, Any], source: str = "<mapping>
         if len(timestamps) != len(sentences):
             raise ValueError(f"{where}: {len(timestamps)} timestamps but {len(sentences)} sentences")
         for stamp, sentence in zip(timestamps, sentences):
-            if len(stamp) != 2:
-                raise ValueError(f"{where}: timestamp {stamp!r} is not [start, end]")
-            query = _clamped(video, float(stamp[0]), float(stamp[1]), str(sentence).strip(), duration)
-            if query is not None:
-                queries.append(query)
+            try:
+                start, end = (float(t) for t in stamp)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: timestamp {stamp!r} is not [start, end]") from None
+            queries.append(GroundingQuery(video, start, end, str(sentence).strip(), duration))
     return queries
 
 
 def read_activitynet_captions(path: str | Path) -> list[GroundingQuery]:
     """`parse_activitynet_captions` of a JSON file."""
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: top level must be an object {{video: {{duration, timestamps, sentences}}}}")
     return parse_activitynet_captions(data, source=str(path))

@@ -6,7 +6,10 @@ Formats (METHODS §6; paper-code-notes §5.3, §7.6):
   "annotations": [{"segment": [start_s, end_s], "label": name}]}}}``; THUMOS14's W-TAL ``gt.json`` (UM, CO2-Net) is
   the same structure without ``taxonomy``. Segments are seconds.
 - Splits: **THUMOS14** trains on its 200 ``"validation"`` videos and tests on the 213 ``"test"`` videos (20 classes);
-  UM drops three test videos (`UM_EXCLUDED_TEST`, ``split_test.txt`` → 210), an option here. **ActivityNet1.2**
+  UM drops three test videos (`UM_EXCLUDED_TEST`, ``split_test.txt`` → 210), an option here. The BaSNet/UM
+  ``gt.json`` names the validation subset ``"train"`` (benchmark-formats §5, measured) and ActionFormer's
+  ``thumos14.json`` ``"Validation"``/``"Test"``: `load_thumos14` maps them onto the protocol's names
+  (`THUMOS14_SUBSETS`). **ActivityNet1.2**
   trains on ``"training"`` and evaluates on ``"validation"`` (100 classes; ``"testing"`` has no labels).
   `Protocol` names the two subsets; the mini world (`pipelines.miniworld.wtal`) uses THUMOS's naming.
 - Classes: THUMOS14's 20 names are the standard list (`THUMOS14_CLASSES`, UM ``config.class_dict`` order =
@@ -58,6 +61,9 @@ THUMOS14_CLASSES: tuple[str, ...] = (
 )
 # Test videos UM leaves out of dataset/THUMOS14/split_test.txt (213 → 210; paper-code-notes §5.3).
 UM_EXCLUDED_TEST: tuple[str, ...] = ("video_test_0000270", "video_test_0001292", "video_test_0001496")
+# subset names of the THUMOS14 ground-truth files (lower-cased) → the protocol's: BaSNet/UM gt.json says "train" for
+# the validation videos, ActionFormer's thumos14.json "Validation" / "Test" (benchmark-formats §5)
+THUMOS14_SUBSETS: Mapping[str, str] = {"train": "validation", "validation": "validation", "test": "test"}
 AMBIGUOUS = "Ambiguous"
 
 
@@ -175,12 +181,14 @@ def parse_database(
     classes: Sequence[str] | None = None,
     exclude: Iterable[str] = (),
     video_prefix: str = "",
+    subset_aliases: Mapping[str, str] | None = None,
 ) -> WTALDataset:
     """Parse an ActivityNet-style ground-truth object.
 
     classes: the class list in index order; None = the sorted distinct labels of all annotations. A label outside
     `classes` raises ``ValueError`` (except THUMOS "Ambiguous"). exclude: video ids to drop (e.g.
     `UM_EXCLUDED_TEST`). video_prefix: prepended to every id (ActivityNet files omit the ``v_`` of feature names).
+    subset_aliases: lower-cased subset name → the name kept (e.g. `THUMOS14_SUBSETS`); others are kept as written.
     """
     database = obj.get("database")
     if not isinstance(database, Mapping):
@@ -203,9 +211,12 @@ def parse_database(
                 instances.append(Instance(start, end, str(ann["label"])))
         duration = entry.get("duration")
         vid = video_prefix + str(raw_id)
+        subset = str(entry["subset"])
+        if subset_aliases is not None:
+            subset = subset_aliases.get(subset.lower(), subset)
         videos[vid] = VideoRecord(
             video_id=vid,
-            subset=str(entry["subset"]),
+            subset=subset,
             duration=None if duration is None else float(duration),
             instances=tuple(sorted(instances, key=lambda i: (i.start, i.end, i.label))),
             ambiguous=tuple(sorted(ambiguous)),
@@ -227,8 +238,9 @@ def _read_json(path: str | Path) -> dict[str, Any]:
 def load_thumos14(
     path: str | Path, exclude: Iterable[str] = (), classes: Sequence[str] = THUMOS14_CLASSES
 ) -> WTALDataset:
-    """THUMOS14 ``gt.json``: train = "validation", test = "test"; pass ``exclude=UM_EXCLUDED_TEST`` for UM's 210."""
-    return parse_database(_read_json(path), THUMOS14, classes, exclude)
+    """THUMOS14 ``gt.json``: train = "validation" (the file's "train"), test = "test"; pass
+    ``exclude=UM_EXCLUDED_TEST`` for UM's 210."""
+    return parse_database(_read_json(path), THUMOS14, classes, exclude, subset_aliases=THUMOS14_SUBSETS)
 
 
 def load_activitynet12(
@@ -249,6 +261,31 @@ def load_mini_wtal(path: str | Path) -> WTALDataset:
     """The mini world's ``annotations.json`` (ActivityNet format with a ``classes`` list, THUMOS subset names)."""
     obj = _read_json(path)
     return parse_database(obj, MINI_WTAL, obj.get("classes"))
+
+
+def clip_to_duration(ds: WTALDataset, durations: Mapping[str, float] | None = None) -> tuple[WTALDataset, int, int]:
+    """Segments clamped to ``[0, duration]`` (the video's own, or `durations[video]` where given; videos with neither
+    are unchanged), the rule 2D-TAN applies to grounding moments (`pipelines.datasets.grounding`): an instance ending
+    past the video end is cut there, one left empty (it starts at or after the end) is dropped. Ambiguous segments
+    follow the same rule. Returns (dataset, instances clipped, instances dropped)."""
+    clipped = dropped = 0
+    videos: dict[str, VideoRecord] = {}
+    for vid, v in ds.videos.items():
+        duration = durations.get(vid, v.duration) if durations is not None else v.duration
+        if duration is None:
+            videos[vid] = v
+            continue
+        instances = []
+        for inst in v.instances:
+            start, end = max(inst.start, 0.0), min(inst.end, duration)
+            if not start < end:
+                dropped += 1
+                continue
+            clipped += (start, end) != (inst.start, inst.end)
+            instances.append(Instance(start, end, inst.label))
+        ambiguous = tuple((max(a, 0.0), min(b, duration)) for a, b in v.ambiguous if max(a, 0.0) < min(b, duration))
+        videos[vid] = VideoRecord(vid, v.subset, duration, tuple(instances), ambiguous)
+    return WTALDataset(ds.protocol, ds.classes, videos, ds.version), clipped, dropped
 
 
 # ---------------------------------------------------------------------------------------------------- snippets
