@@ -18,8 +18,7 @@ Features are not normalised: methods normalise where their paper does.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,8 @@ import torch
 
 from models.common.clip import ClipBackbone, ClipConfig, build_clip, preprocess_frames
 from models.config import config_hash
-from pipelines import shards
+from pipelines import derived, shards
+from pipelines.derived import Members
 
 STAGE = "clip-features"
 
@@ -114,29 +114,17 @@ def encode_frames(
     return list(np.split(feats, np.cumsum(lengths)[:-1]))
 
 
-def _process(
-    model: ClipBackbone, frames_uri: str, shard: int, cfg: ClipFeatureConfig, digest: str
-) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    samples = dict(shards.iter_shard(frames_uri, shard))
-    # items arrive in key order = the frames shard's order; batch them all in one go (a shard is small)
-    keys = sorted(samples)
-    start = time.monotonic()
-    feats = encode_frames(model, [samples[k]["npy"] for k in keys], cfg.batch_frames, cfg)
-    per = (time.monotonic() - start) / max(1, len(keys))
-    for k, f in zip(keys, feats):
-        meta = dict(samples[k].get("json", {}))
-        row = {
-            "key": k,
-            "status": "ok",
-            "error": "",
-            "split": meta.get("split", ""),  # loaders select training/evaluation videos from these rows
-            "label": meta.get("label", ""),
-            "n_frames": int(f.shape[0]),
-            "shape": list(f.shape),
-            "seconds": round(per, 4),
-            "config_hash": digest,
-        }
-        yield row, {"npy": f, "json": meta}
+def _row(key: str, members: Members, seconds: float, digest: str) -> dict[str, Any]:
+    meta, f = members["json"], members["npy"]
+    return derived.sample_row(
+        key,
+        meta.get("split", ""),
+        label=meta.get("label", ""),
+        n_frames=int(f.shape[0]),
+        shape=list(f.shape),
+        seconds=round(seconds, 4),
+        config_hash=digest,
+    )
 
 
 def extract(
@@ -148,47 +136,25 @@ def extract(
     model: ClipBackbone | None = None,
 ) -> dict[str, Any]:
     """Extract features for every committed shard of `frames_uri`; commit the `clip-features` stage; summarise."""
-    frames_stats = shards.require_stage(frames_uri)
-    frames_hash = str(frames_stats.get("config_hash") or Path(frames_uri).name)
-    h = stage_hash(frames_hash, cfg)
-    uri = shards.stage_uri(root, dataset, cfg.stage, h)
-    keys_by_shard = {
-        i: [r["key"] for r in shards.read_rows(frames_uri, i) if r["status"] in shards.OK_STATUSES]
-        for i in shards.committed_shards(frames_uri)
-    }
-    all_keys = sorted(k for ks in keys_by_shard.values() for k in ks)
-    shards.prepare_stage(
-        uri, {"frames_stage": frames_uri, **asdict(cfg)}, h, shards.digest_keys(all_keys), len(all_keys), mode
+    h = stage_hash(derived.input_stage_hash(frames_uri), cfg)
+
+    def encode(model: ClipBackbone, samples: list[tuple[str, Members]]) -> list[Members]:
+        # one batch per shard (a shard is small), so frames of all its videos share the forward passes:
+        # (T_i, H, W, 3) uint8 per video → its (T_i, ...) array (module table); metadata passed through
+        feats = encode_frames(model, [m["npy"] for _, m in samples], cfg.batch_frames, cfg)
+        return [{"npy": f, "json": dict(m.get("json", {}))} for (_, m), f in zip(samples, feats, strict=True)]
+
+    stage = derived.DerivedStage(
+        name=cfg.stage,
+        uri=shards.stage_uri(root, dataset, cfg.stage, h),
+        config_hash=h,
+        config={"frames_stage": frames_uri, **asdict(cfg)},
+        inputs={"frames": frames_uri},
+        per_batch=derived.BatchEncoder(encode, _row),
+        model=lambda: _build(cfg),
+        commit_extra={"frames_stage": frames_uri},
     )
-    start = time.monotonic()
-    lazy: list[ClipBackbone] = [model] if model is not None else []  # built only if some shard needs work
-
-    def net() -> ClipBackbone:
-        if not lazy:
-            lazy.append(_build(cfg))
-        return lazy[0]
-
-    summaries = []
-    for i, keys in keys_by_shard.items():
-        job = shards.ShardJob(uri, i, h, tuple({"key": k} for k in sorted(keys)), mode)
-
-        def process_items(
-            items: Sequence[Mapping[str, Any]], shard: int = i
-        ) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
-            wanted = {it["key"] for it in items}
-            return (rm for rm in _process(net(), frames_uri, shard, cfg, h) if rm[0]["key"] in wanted)
-
-        summaries.append(shards.run_shard(job, process_items=process_items).as_dict())
-    stats = shards.commit_stage(
-        uri, summaries, extra={"config_hash": h, "stage": cfg.stage, "frames_stage": frames_uri}
-    )
-    return {
-        "stage_uri": uri,
-        "config_hash": h,
-        "n_samples": stats["n_samples"],
-        "seconds": round(time.monotonic() - start, 3),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
-    }
+    return derived.run_derived_stage(stage, mode, model).summary()
 
 
 def _build(cfg: ClipFeatureConfig) -> ClipBackbone:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,10 @@ import torch
 
 from models.config import config_hash
 from models.i3d import I3D, I3DCheckpointError, I3DConfig, build_i3d, infer_config
-from pipelines import shards, storage
+from pipelines import derived, shards, storage
+from pipelines.derived import Members
 from pipelines.features.clip_frames import file_digest
-from pipelines.features.tvl1 import dequantize, in_key_order
+from pipelines.features.tvl1 import dequantize
 from pipelines.sampling import snippet_starts
 
 STAGE = "i3d-features"
@@ -154,11 +155,6 @@ def encode_video(
 # ------------------------------------------------------------------------------------------------------- stage
 
 
-def _stage_hash_of(uri: str) -> str:
-    stats = shards.require_stage(uri)
-    return str(stats.get("config_hash") or Path(uri).name)
-
-
 def _weights_key(weights: str | None, seed: int) -> str:
     return file_digest(weights) if weights is not None else f"random-he-seed{seed}"
 
@@ -184,50 +180,36 @@ def _check_flow_stage(frames_uri: str, flow_uri: str) -> None:
         raise ValueError(f"{flow_uri} was computed from {source}, not from {frames_uri}")
 
 
-def _feature_items(
-    model_fn: Any, frames_uri: str, flow_uri: str, shard: int, keys: Sequence[str], cfg: I3DFeatureConfig, digest: str
-) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    frames_stream = in_key_order(shards.iter_shard(frames_uri, shard), keys)
-    flow_stream = in_key_order(shards.iter_shard(flow_uri, shard), keys)
-    for (key, frame_members), (_, flow_members) in zip(frames_stream, flow_stream):
-        meta = dict((frame_members or {}).get("json", {}))
-        row: dict[str, Any] = {
-            "key": key,
-            "status": "ok",
-            "error": "",
-            "split": meta.get("split", ""),  # loaders select training/evaluation videos from these rows
-            "label": meta.get("label", ""),
-        }
-        if frame_members is None or flow_members is None:
-            missing = "frames" if frame_members is None else "flow"
-            row.update(status="failed", error=f"no {missing} for {key} in shard {shard}")
-            yield row, None
-            continue
+def _feature_item(cfg: I3DFeatureConfig) -> derived.PerItem[TwoStreamI3D]:
+    def item(shard: derived.Shard[TwoStreamI3D], key: str, inputs: tuple[Members, ...]) -> derived.Item:
+        frame_members, flow_members = inputs
+        meta = dict(frame_members.get("json", {}))
+        row = derived.sample_row(key, meta.get("split", ""), label=meta.get("label", ""))
         fps = meta.get("fps")
         if fps is not None and abs(float(fps) - cfg.fps) > 1e-6:
-            row.update(
-                status="failed",
-                error=f"frames at {fps} fps; the snippet protocol needs {cfg.fps:g} fps (ingest with "
+            return derived.failed(
+                row,
+                f"frames at {fps} fps; the snippet protocol needs {cfg.fps:g} fps (ingest with "
                 f"DecodeConfig(fps={cfg.fps:g}))",
             )
-            yield row, None
-            continue
         start = time.monotonic()
         try:
-            feats = encode_video(model_fn(), frame_members["npy"], flow_members["npy"], cfg.snippet, cfg.batch_snippets)
+            feats = encode_video(
+                shard.model(), frame_members["npy"], flow_members["npy"], cfg.snippet, cfg.batch_snippets
+            )
         except ValueError as exc:
-            row.update(status="failed", error=f"ValueError: {exc}"[:500])
-            yield row, None
-            continue
+            return derived.failed(row, f"ValueError: {exc}")
         row.update(
             n_frames=len(frame_members["npy"]),
             n_snippets=len(feats),
             shape=list(feats.shape),
             seconds=round(time.monotonic() - start, 4),
-            config_hash=digest,
+            config_hash=shard.config_hash,
         )
         meta["i3d"] = _feature_meta(cfg, int(feats.shape[1]), imported=False)
-        yield row, {"npy": feats, "json": meta}
+        return row, {"npy": feats, "json": meta}
+
+    return item
 
 
 def _feature_meta(cfg: I3DFeatureConfig, dim: int, imported: bool) -> dict[str, Any]:
@@ -253,48 +235,20 @@ def extract(
     """I3D features for every committed shard of `frames_uri` (+ its flow stage); commit the stage; summarise."""
     cfg = cfg or I3DFeatureConfig()
     _check_flow_stage(frames_uri, flow_uri)
-    h = stage_hash(_stage_hash_of(frames_uri), _stage_hash_of(flow_uri), cfg)
+    h = stage_hash(derived.input_stage_hash(frames_uri), derived.input_stage_hash(flow_uri), cfg)
     uri = shards.stage_uri(root, dataset, STAGE, h)
-    keys_by_shard = {
-        i: sorted(r["key"] for r in shards.read_rows(frames_uri, i) if r["status"] in shards.OK_STATUSES)
-        for i in shards.committed_shards(frames_uri)
-    }
-    all_keys = sorted(k for ks in keys_by_shard.values() for k in ks)
-    config = {"frames_stage": frames_uri, "flow_stage": flow_uri, **asdict(cfg)}
-    shards.prepare_stage(uri, config, h, shards.digest_keys(all_keys), len(all_keys), mode)
-    start = time.monotonic()
-    lazy: list[TwoStreamI3D] = [model] if model is not None else []  # built only if some shard needs work
-
-    def net() -> TwoStreamI3D:
-        if not lazy:
-            lazy.append(build_two_stream(cfg))
-        return lazy[0]
-
-    summaries = []
-    for i, keys in keys_by_shard.items():
-        job = shards.ShardJob(uri, i, h, tuple({"key": k} for k in keys), mode)
-
-        def process_items(
-            items: Sequence[Mapping[str, Any]], shard: int = i
-        ) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
-            wanted = [str(it["key"]) for it in items]
-            return _feature_items(net, frames_uri, flow_uri, shard, wanted, cfg, h)
-
-        summaries.append(shards.run_shard(job, process_items=process_items).as_dict())
-    stats = shards.commit_stage(
-        uri,
-        summaries,
-        extra={"config_hash": h, "stage": STAGE, "frames_stage": frames_uri, "flow_stage": flow_uri},
+    stage = derived.DerivedStage(
+        name=STAGE,
+        uri=uri,
+        config_hash=h,
+        config={"frames_stage": frames_uri, "flow_stage": flow_uri, **asdict(cfg)},
+        inputs={"frames": frames_uri, "flow": flow_uri},  # flow shard i holds the fields of frames shard i
+        per_item=_feature_item(cfg),
+        model=lambda: build_two_stream(cfg),
+        commit_extra={"frames_stage": frames_uri, "flow_stage": flow_uri},
     )
-    return {
-        "stage_uri": uri,
-        "config_hash": h,
-        "n_samples": stats["n_samples"],
-        "status_counts": stats["status_counts"],
-        "seconds": round(time.monotonic() - start, 3),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
-        "feature_dim": _feature_dim(uri),
-    }
+    run = derived.run_derived_stage(stage, mode, model)
+    return {**run.summary(status_counts=True), "feature_dim": _feature_dim(uri)}
 
 
 def _feature_dim(uri: str) -> int | None:
@@ -346,46 +300,32 @@ def import_features(
     keys = sorted(rgb_files)
     contents = {k: [file_digest(rgb_files[k])] + ([file_digest(flow_files[k])] if flow_files else []) for k in keys}
     h = config_hash({"imported": contents, "snippet": snippet, "fps": fps})
-    uri = shards.stage_uri(root, dataset, STAGE, h)
     config = {"imported_from": str(folder), "flow_folder": str(flow_folder) if flow_folder else None}
-    shards.prepare_stage(uri, {**config, "snippet": snippet, "fps": fps}, h, shards.digest_keys(keys), len(keys), mode)
     cfg = I3DFeatureConfig(snippet=snippet, fps=fps)
     meta = meta or {}
 
-    def load(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        key = str(item["key"])
+    def load(shard: derived.Shard[None], key: str, inputs: tuple[Members, ...]) -> derived.Item:
         extra = dict(meta.get(key, {}))
-        row: dict[str, Any] = {
-            "key": key,
-            "status": "ok",
-            "error": "",
-            "split": str(extra.get("split", "")),
-            "label": str(extra.get("label", "")),
-        }
+        row = derived.sample_row(key, str(extra.get("split", "")), label=str(extra.get("label", "")))
         try:
             feats = _load_feature_file(rgb_files[key], flow_files.get(key))
         except ValueError as exc:
-            row.update(status="failed", error=str(exc)[:500])
-            return row, None
+            return derived.failed(row, str(exc))
         row.update(n_snippets=len(feats), shape=list(feats.shape), source=str(rgb_files[key]), config_hash=h)
         sample_meta = {"key": key, "source": str(rgb_files[key]), "fps": fps, **extra}
         sample_meta["i3d"] = _feature_meta(cfg, int(feats.shape[1]), imported=True)
         return row, {"npy": feats, "json": sample_meta}
 
-    start = time.monotonic()
-    summaries = []
-    for i, shard_keys in enumerate(shards.plan_shards(keys, samples_per_shard)):
-        job = shards.ShardJob(uri, i, h, tuple({"key": k} for k in shard_keys), mode)
-        summaries.append(shards.run_shard(job, load).as_dict())
-    stats = shards.commit_stage(uri, summaries, extra={"config_hash": h, "stage": STAGE, **config})
-    return {
-        "stage_uri": uri,
-        "config_hash": h,
-        "n_samples": stats["n_samples"],
-        "status_counts": stats["status_counts"],
-        "seconds": round(time.monotonic() - start, 3),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
-    }
+    stage: derived.DerivedStage[None] = derived.DerivedStage(
+        name=STAGE,
+        uri=shards.stage_uri(root, dataset, STAGE, h),
+        config_hash=h,
+        config={**config, "snippet": snippet, "fps": fps},
+        per_item=load,
+        layout=dict(enumerate(shards.plan_shards(keys, samples_per_shard))),  # no input stage: shards by key order
+        commit_extra=config,
+    )
+    return derived.run_derived_stage(stage, mode).summary(status_counts=True)
 
 
 def _load_feature_file(rgb_path: Path, flow_path: Path | None) -> np.ndarray:

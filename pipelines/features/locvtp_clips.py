@@ -36,10 +36,8 @@ the sentence feature q̄ (`LocVTP.encode_text(...).sentence`) of each caption in
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +48,8 @@ import torch.nn.functional as F
 from models.common.clip import preprocess_frames
 from models.config import config_hash, to_dict
 from models.locvtp import LocVTP, LocVTPConfig, build
-from pipelines import shards
+from pipelines import derived, shards
+from pipelines.derived import Members
 from pipelines.features.clip_frames import file_digest
 from pipelines.sampling import clip_windows
 
@@ -122,11 +121,6 @@ def moment_clips(start: float, end: float, n_clips: int, clip_seconds: float) ->
 # ----- stage plumbing ----------------------------------------------------------------------------------------------
 
 
-def _stage_hash_of(uri: str) -> str:
-    stats = shards.require_stage(uri)
-    return str(stats.get("config_hash") or Path(uri).name)
-
-
 def _weights_key(cfg: LocVTPConfig) -> dict[str, Any]:
     """The model config with the CLIP weights path replaced by the file's digest (paths move, contents matter)."""
     data = to_dict(cfg)
@@ -134,64 +128,17 @@ def _weights_key(cfg: LocVTPConfig) -> dict[str, Any]:
     return data
 
 
-Item = tuple[dict[str, Any], dict[str, Any] | None]
-
-
-def _run_stage(
-    input_uri: str,
-    uri: str,
-    config: Mapping[str, Any],
-    digest: str,
-    encode: Callable[[list[tuple[str, dict[str, Any]]]], list[dict[str, Any]]],
-    mode: shards.Mode,
-    extra: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Map `encode` (samples of one shard → members per sample) over the committed shards of `input_uri`, writing
-    stage `uri` with the same keys and shard layout; commit it; summarise. Shards already committed are skipped."""
-    keys_by_shard = {
-        i: [r["key"] for r in shards.read_rows(input_uri, i) if r["status"] in shards.OK_STATUSES]
-        for i in shards.committed_shards(input_uri)
-    }
-    all_keys = sorted(k for ks in keys_by_shard.values() for k in ks)
-    shards.prepare_stage(uri, dict(config), digest, shards.digest_keys(all_keys), len(all_keys), mode)
-    start = time.monotonic()
-    summaries = []
-    for index, keys in keys_by_shard.items():
-        job = shards.ShardJob(uri, index, digest, tuple({"key": k} for k in sorted(keys)), mode)
-
-        def process_items(items: Sequence[Mapping[str, Any]], shard: int = index) -> Iterable[Item]:
-            wanted = {str(it["key"]) for it in items}
-            samples = sorted(kv for kv in shards.iter_shard(input_uri, shard) if kv[0] in wanted)
-            t0 = time.monotonic()
-            members = encode(samples)
-            per = (time.monotonic() - t0) / max(1, len(samples))
-            return (_row(key, m, digest, per) for (key, _), m in zip(samples, members))
-
-        summaries.append(shards.run_shard(job, process_items=process_items).as_dict())
-    stats = shards.commit_stage(uri, summaries, extra={"config_hash": digest, **dict(extra)})
-    return {
-        "stage_uri": uri,
-        "config_hash": digest,
-        "n_samples": stats["n_samples"],
-        "seconds": round(time.monotonic() - start, 3),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
-    }
-
-
-def _row(key: str, members: dict[str, Any], digest: str, seconds: float) -> Item:
+def _row(key: str, members: Members, seconds: float, digest: str) -> dict[str, Any]:
     meta = members["json"]
-    row = {
-        "key": key,
-        "status": "ok",
-        "error": "",
-        "split": meta.get("split", ""),  # loaders select training / evaluation videos from these rows
-        "duration": float(meta.get("duration") or 0.0),
-        "fps": float(meta.get("fps") or meta.get("fps_out") or 0.0),
-        "shape": list(members["npy"].shape),
-        "seconds": round(seconds, 4),
-        "config_hash": digest,
-    }
-    return row, members
+    return derived.sample_row(
+        key,
+        meta.get("split", ""),
+        duration=float(meta.get("duration") or 0.0),
+        fps=float(meta.get("fps") or meta.get("fps_out") or 0.0),
+        shape=list(members["npy"].shape),
+        seconds=round(seconds, 4),
+        config_hash=digest,
+    )
 
 
 # ----- the prefix stage --------------------------------------------------------------------------------------------
@@ -249,22 +196,26 @@ def extract_prefix(
     """Commit the ``locvtp-prefix<L−k>`` stage of `frames_uri` (module table); skip shards already committed."""
     m = cfg.model
     stride = frame_stride(m)
-    h = prefix_stage_hash(_stage_hash_of(frames_uri), cfg)
-    uri = shards.stage_uri(root, dataset, cfg.stage, h)
-    lazy: list[LocVTP] = []
+    h = prefix_stage_hash(derived.input_stage_hash(frames_uri), cfg)
 
-    def encode(samples: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        if not lazy:
-            lazy.append(_eval_model(dataclasses.replace(m, input="tokens"), None))
-        feats = encode_prefix(lazy[0], [s["npy"] for _, s in samples], stride, cfg.batch_frames)
+    def encode(model: LocVTP, samples: list[tuple[str, Members]]) -> list[Members]:
+        feats = encode_prefix(model, [s["npy"] for _, s in samples], stride, cfg.batch_frames)
         return [
             {"npy": f, "json": {**s.get("json", {}), "frame_stride": stride, "n_source_frames": len(s["npy"])}}
             for (_, s), f in zip(samples, feats, strict=True)
         ]
 
-    config = {"frames_stage": frames_uri, "model": _weights_key(m), "stride": stride, "blocks": cfg.prefix_blocks}
-    out = _run_stage(frames_uri, uri, config, h, encode, mode, {"stage": cfg.stage, "frame_stride": stride})
-    return {**out, "frame_stride": stride}
+    stage = derived.DerivedStage(
+        name=cfg.stage,
+        uri=shards.stage_uri(root, dataset, cfg.stage, h),
+        config_hash=h,
+        config={"frames_stage": frames_uri, "model": _weights_key(m), "stride": stride, "blocks": cfg.prefix_blocks},
+        inputs={"frames": frames_uri},
+        per_batch=derived.BatchEncoder(encode, _row),
+        model=lambda: _eval_model(dataclasses.replace(m, input="tokens"), None),
+        commit_extra={"frame_stride": stride},
+    )
+    return {**derived.run_derived_stage(stage, mode).summary(), "frame_stride": stride}
 
 
 # ----- the clip-feature stage --------------------------------------------------------------------------------------
@@ -361,29 +312,34 @@ def extract_clips(
     model: LocVTP | None = None,
 ) -> dict[str, Any]:
     """Commit the ``locvtp-clips`` stage of `input_uri` (a prefix stage for ``input="tokens"``, else frames)."""
-    h = clip_stage_hash(_stage_hash_of(input_uri), cfg)
-    uri = shards.stage_uri(root, dataset, CLIP_STAGE, h)
-    lazy: list[LocVTP] = [model] if model is not None else []
+    h = clip_stage_hash(derived.input_stage_hash(input_uri), cfg)
 
-    def encode(samples: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        if not lazy:
-            lazy.append(_eval_model(cfg.model, cfg.checkpoint))
+    def encode(model: LocVTP, samples: list[tuple[str, Members]]) -> list[Members]:
         metas = [s.get("json", {}) for _, s in samples]
-        feats = encode_dense_clips(lazy[0], [s["npy"] for _, s in samples], metas, cfg.batch_clips)
+        feats = encode_dense_clips(model, [s["npy"] for _, s in samples], metas, cfg.batch_clips)
         out = []
         for meta, f in zip(metas, feats, strict=True):
-            text = encode_sentences(lazy[0], list(meta.get("captions") or []))
+            text = encode_sentences(model, list(meta.get("captions") or []))
             clip_seconds = cfg.model.clip_frames / video_fps(meta)
             out.append({"npy": f, TEXT_MEMBER: text, "json": {**meta, "clip_seconds": clip_seconds}})
         return out
 
-    config = {
-        "input_stage": input_uri,
-        "model": _weights_key(cfg.model),
-        "checkpoint": cfg.checkpoint,
-        "locvtp_weights": "init" if cfg.checkpoint is None else file_digest(cfg.checkpoint),
-    }
-    return _run_stage(input_uri, uri, config, h, encode, mode, {"stage": CLIP_STAGE, "input_stage": input_uri})
+    stage = derived.DerivedStage(
+        name=CLIP_STAGE,
+        uri=shards.stage_uri(root, dataset, CLIP_STAGE, h),
+        config_hash=h,
+        config={
+            "input_stage": input_uri,
+            "model": _weights_key(cfg.model),
+            "checkpoint": cfg.checkpoint,
+            "locvtp_weights": "init" if cfg.checkpoint is None else file_digest(cfg.checkpoint),
+        },
+        inputs={"input": input_uri},
+        per_batch=derived.BatchEncoder(encode, _row),
+        model=lambda: _eval_model(cfg.model, cfg.checkpoint),
+        commit_extra={"input_stage": input_uri},
+    )
+    return derived.run_derived_stage(stage, mode, model).summary()
 
 
 def iter_features(uri: str) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:

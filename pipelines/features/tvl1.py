@@ -19,23 +19,25 @@ OpenCV thread per process. Every pair is computed independently (no initial flow
 any number of workers or chunk size.
 
 The stage hash includes the frames stage's hash and every parameter that changes the output (not `chunk_pairs`).
+The stage runs on `pipelines.derived` either in one call (`extract_flow`, the process pool as its lazily started
+"model") or fanned out as the DAG's tasks: `plan_flow` → `flow_shard_json` per job → `commit_flow_stage`.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from models.config import config_hash
-from pipelines import shards
+from pipelines import derived, shards
+from pipelines.derived import Members
 
 STAGE = "tvl1-flow"
 BOUND = 20.0  # px; dense_flow / W-TAL convention (paper-code-notes §7.3)
@@ -188,79 +190,59 @@ def stage_hash(frames_hash: str, cfg: TVL1Config) -> str:
     return config_hash({"frames": frames_hash, "tvl1": cfg.params()})
 
 
-def _frames_hash(frames_uri: str) -> str:
-    stats = shards.require_stage(frames_uri)
-    return str(stats.get("config_hash") or Path(frames_uri).name)
+def _stage(
+    frames_uri: str, cfg: TVL1Config, uri: str, h: str, workers: int = 1
+) -> derived.DerivedStage[Executor | None]:
+    """The flow stage of `frames_uri` at `uri` (hash `h`); its "model" is the process pool of `workers` processes
+    (None for one: flow computed in the calling process), started only if some shard needs work."""
+    return derived.DerivedStage(
+        name=STAGE,
+        uri=uri,
+        config_hash=h,
+        config={"frames_stage": frames_uri, **cfg.params()},
+        inputs={"frames": frames_uri},  # flow shard i holds the flow of frames shard i, same keys
+        per_item=_flow_item(frames_uri, cfg),
+        model=lambda: make_pool(workers) if workers > 1 else None,
+        release=lambda pool: pool.shutdown() if pool is not None else None,
+        commit_extra={"frames_stage": frames_uri, "bound": cfg.bound},
+        shard_extra={"bound": cfg.bound},
+    )
+
+
+def _planned_stage(
+    frames_uri: str, root: str, dataset: str, cfg: TVL1Config, workers: int = 1
+) -> derived.DerivedStage[Executor | None]:
+    h = stage_hash(derived.input_stage_hash(frames_uri), cfg)
+    return _stage(frames_uri, cfg, shards.stage_uri(root, dataset, STAGE, h), h, workers)
 
 
 def plan_flow(
     frames_uri: str, root: str, dataset: str, cfg: TVL1Config, mode: shards.Mode = "incremental"
 ) -> tuple[str, list[shards.ShardJob]]:
     """Create/check the flow stage of `frames_uri`; one job per committed frames shard (same index, same keys)."""
-    h = stage_hash(_frames_hash(frames_uri), cfg)
-    uri = shards.stage_uri(root, dataset, STAGE, h)
-    keys_by_shard = {
-        i: sorted(r["key"] for r in shards.read_rows(frames_uri, i) if r["status"] in shards.OK_STATUSES)
-        for i in shards.committed_shards(frames_uri)
-    }
-    all_keys = sorted(k for ks in keys_by_shard.values() for k in ks)
-    shards.prepare_stage(
-        uri, {"frames_stage": frames_uri, **cfg.params()}, h, shards.digest_keys(all_keys), len(all_keys), mode
-    )
-    jobs = [shards.ShardJob(uri, i, h, tuple({"key": k} for k in keys), mode) for i, keys in keys_by_shard.items()]
-    return uri, jobs
+    stage = _planned_stage(frames_uri, root, dataset, cfg)
+    return stage.uri, derived.plan_stage(stage, mode)
 
 
-def in_key_order(
-    samples: Iterable[tuple[str, dict[str, Any]]], keys: Sequence[str]
-) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """Yield ``(key, members)`` for each of `keys` in that order from a shard stream (None if it lacks the key).
-
-    Streams when the shard is in key order (it is: shards are written in sorted key order), buffers otherwise.
-    """
-    wanted = set(keys)
-    stream = iter(samples)
-    early: dict[str, dict[str, Any]] = {}
-    for key in keys:
-        while key not in early:
-            nxt = next(stream, None)
-            if nxt is None:
-                break
-            if nxt[0] in wanted:
-                early[nxt[0]] = nxt[1]
-        yield key, early.pop(key, None)
-
-
-def _flow_items(
-    frames_uri: str, shard: int, keys: Sequence[str], cfg: TVL1Config, digest: str, pool: Executor | None
-) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    for key, members in in_key_order(shards.iter_shard(frames_uri, shard), keys):
-        meta = dict((members or {}).get("json", {}))
-        row: dict[str, Any] = {
-            "key": key,
-            "status": "ok",
-            "error": "",
-            "split": meta.get("split", ""),  # loaders select training/evaluation videos from these rows
-            "label": meta.get("label", ""),
-        }
+def _flow_item(frames_uri: str, cfg: TVL1Config) -> derived.PerItem[Executor | None]:
+    def item(shard: derived.Shard[Executor | None], key: str, inputs: tuple[Members, ...]) -> derived.Item:
+        (members,) = inputs
+        meta = dict(members.get("json", {}))
+        row = derived.sample_row(key, meta.get("split", ""), label=meta.get("label", ""))
         start = time.monotonic()
-        if members is None or "npy" not in members:
-            row.update(status="failed", error=f"no frames for {key} in shard {shard} of {frames_uri}")
-            yield row, None
-            continue
+        if "npy" not in members:
+            return derived.failed(row, f"no frames for {key} in shard {shard.index} of {frames_uri}")
         frames = members["npy"]
         try:
-            flow = compute_flow(frames, cfg, pool)
+            flow = compute_flow(frames, cfg, shard.model())
         except (ValueError, cv2.error) as exc:
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
-            yield row, None
-            continue
+            return derived.failed(row, f"{type(exc).__name__}: {exc}")
         row.update(
             n_frames=len(frames),
             n_pairs=len(flow),
             shape=list(flow.shape),
             seconds=round(time.monotonic() - start, 4),
-            config_hash=digest,
+            config_hash=shard.config_hash,
         )
         meta["flow"] = {
             "algorithm": "tvl1",
@@ -270,18 +252,17 @@ def _flow_items(
             "flow_size": cfg.flow_size,
             "frames_stage": frames_uri,
         }
-        yield row, {"npy": flow, "json": meta}
+        return row, {"npy": flow, "json": meta}
+
+    return item
 
 
 def flow_shard(
     job: shards.ShardJob, frames_uri: str, cfg: TVL1Config, pool: Executor | None = None
 ) -> shards.ShardSummary:
     """Compute and commit one flow shard (idempotent; obeys `job.mode`); `pool` fans pairs out over processes."""
-
-    def process_items(items: Sequence[Mapping[str, Any]]) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
-        return _flow_items(frames_uri, job.index, [str(it["key"]) for it in items], cfg, job.config_hash, pool)
-
-    return shards.run_shard(job, process_items=process_items, extra_stats={"bound": cfg.bound})
+    stage = _stage(frames_uri, cfg, job.stage_uri, job.config_hash)  # the job carries the planner's URI and hash
+    return derived.run_stage_shard(stage, job, derived.Lazy.ready(pool))
 
 
 def flow_shard_json(job: Mapping[str, Any], frames_uri: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,16 +272,23 @@ def flow_shard_json(job: Mapping[str, Any], frames_uri: str, cfg: Mapping[str, A
     return flow_shard(shards.ShardJob.from_dict(job), frames_uri, build(TVL1Config, dict(cfg))).as_dict()
 
 
+def _pairs(uri: str, summaries: Sequence[Mapping[str, Any]]) -> tuple[int, float]:
+    """(flow fields, seconds spent on them) over the manifest rows of the summarised shards."""
+    rows = [r for s in summaries for r in shards.read_rows(uri, s["index"])]
+    return sum(int(r.get("n_pairs") or 0) for r in rows), sum(float(r.get("seconds") or 0.0) for r in rows)
+
+
 def commit_flow_stage(
     uri: str, frames_uri: str, cfg: Mapping[str, Any], summaries: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """Commit the flow stage once every shard is (`finish_flow`); summarise samples, pairs and throughput."""
+    """Commit the flow stage once every shard is; summarise samples, pairs and throughput."""
     from models.config import build
 
-    stats = finish_flow(uri, frames_uri, build(TVL1Config, dict(cfg)), summaries)
-    rows = [r for s in summaries for r in shards.read_rows(uri, s["index"])]
-    pairs = sum(int(r.get("n_pairs") or 0) for r in rows)
-    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
+    tvl1 = build(TVL1Config, dict(cfg))
+    stats = derived.commit_derived_stage(
+        _stage(frames_uri, tvl1, uri, stage_hash(derived.input_stage_hash(frames_uri), tvl1)), summaries
+    )
+    pairs, seconds = _pairs(uri, summaries)
     return {
         "stage_uri": uri,
         "config_hash": stats["config_hash"],
@@ -311,14 +299,6 @@ def commit_flow_stage(
         "pairs": pairs,
         "pairs_per_worker_second": round(pairs / seconds, 2) if seconds else None,  # per shard worker
     }
-
-
-def finish_flow(uri: str, frames_uri: str, cfg: TVL1Config, summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Commit the flow stage (``_stats.json`` last); return its stats."""
-    h = stage_hash(_frames_hash(frames_uri), cfg)
-    return shards.commit_stage(
-        uri, summaries, extra={"config_hash": h, "stage": STAGE, "frames_stage": frames_uri, "bound": cfg.bound}
-    )
 
 
 def extract_flow(
@@ -339,40 +319,13 @@ def extract_flow(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     start = time.monotonic()
-    uri, jobs = plan_flow(frames_uri, root, dataset, cfg, mode)
-    pool: ProcessPoolExecutor | None = None
-    summaries = []
-    try:
-        for job in jobs:
-            if pool is None and workers > 1 and _needs_work(job):
-                pool = make_pool(workers)
-            summaries.append(flow_shard(job, frames_uri, cfg, pool).as_dict())
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    stats = finish_flow(uri, frames_uri, cfg, summaries)
+    run = derived.run_derived_stage(_planned_stage(frames_uri, root, dataset, cfg, workers), mode)
     seconds = time.monotonic() - start
-    pairs = sum(
-        int(r.get("n_pairs") or 0)
-        for s in summaries
-        if s["action"] != "skipped"
-        for r in shards.read_rows(uri, s["index"])
-    )
+    pairs, _ = _pairs(run.uri, [s for s in run.shards if s["action"] != "skipped"])
     return {
-        "stage_uri": uri,
-        "config_hash": stats["config_hash"],
-        "n_samples": stats["n_samples"],
-        "status_counts": stats["status_counts"],
+        **run.summary(status_counts=True),
         "seconds": round(seconds, 3),
-        "shards_written": sum(1 for s in summaries if s["action"] != "skipped"),
         "pairs": pairs,
         "pairs_per_second": round(pairs / seconds, 3) if pairs else 0.0,
         "workers": workers,
     }
-
-
-def _needs_work(job: shards.ShardJob) -> bool:
-    existing = shards.shard_stats(job.stage_uri, job.index)
-    if existing is None or job.mode == "overwrite":
-        return True
-    return job.mode == "retry-failed" and any(k not in shards.OK_STATUSES for k in existing.get("status_counts", {}))
