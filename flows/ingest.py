@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
-from prefect import flow, task, unmapped
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
 
 from flows.runtime import cached_task, is_transient
@@ -20,6 +20,20 @@ def ingest_shard_task(job: dict[str, Any], cfg: dict[str, Any], code_version: st
     """Decode and commit one shard; inputs are plain data so the cache key is their hash (+ task source)."""
     del code_version  # only part of the cache key: new decode code → new key
     return ing.ingest_shard(shards.ShardJob.from_dict(job), build(ing.IngestConfig, cfg)).as_dict()
+
+
+def _is_summary(summary: Any, index: int) -> bool:
+    """Whether a (possibly cached) task result is shard `index`'s `shards.ShardSummary` dict."""
+    ok = (
+        isinstance(summary, dict)
+        and summary.get("index") == index
+        and summary.get("action") in get_args(shards.Action)
+        and isinstance(summary.get("status_counts"), dict)
+        and isinstance(summary.get("n_samples"), int)
+    )
+    if not ok:
+        get_run_logger().warning("shard %d: its cached summary is not one (%.80r); running it again", index, summary)
+    return ok
 
 
 @flow(name="ingest", log_prints=True)
@@ -58,14 +72,17 @@ def ingest_flow(
     summaries = [
         f.result() for f in task_.map([j.to_dict() for j in jobs], unmapped(cfg_dict), unmapped(ing.code_version()))
     ]
-    # A cached summary is only as good as the files behind it: redo shards whose marker vanished since.
-    stale = [j for j, s in zip(jobs, summaries) if shards.shard_stats(uri, j.index) is None]
+    # A cached summary is only as good as the files behind it: redo shards whose marker vanished since, and any whose
+    # cached summary is not this shard's summary (a result file replaced by valid JSON of another shape or shard).
+    stale = [
+        j for j, s in zip(jobs, summaries) if not _is_summary(s, j.index) or shards.shard_stats(uri, j.index) is None
+    ]
     if stale:
         redo = task_.with_options(refresh_cache=True).map(
             [j.to_dict() for j in stale], unmapped(cfg_dict), unmapped(ing.code_version())
         )
         fresh = {r["index"]: r for r in (f.result() for f in redo)}
-        summaries = [fresh.get(s["index"], s) for s in summaries]
+        summaries = [fresh.get(j.index, s) for j, s in zip(jobs, summaries)]
     result = ing.finish_ingest(uri, cfg, summaries, time.monotonic() - start)
     create_table_artifact(
         key=f"ingest-{dataset.lower()}"[:60].replace("_", "-"),

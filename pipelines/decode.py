@@ -19,20 +19,26 @@ Status of a decode (exactly one per input, never an exception for a bad input):
 ffmpeg exits 0 on many broken inputs (a truncated faststart MP4 decodes 8/20 frames with rc 0), so success is judged
 by the frame count against ``duration × fps`` and by stderr, never by the exit code alone.
 
-Bounded: a clip's frames are written into one preallocated array sized from the probe (no list of frames plus a
-stacked copy), ffmpeg is told to stop one frame past the budget (``-frames:v``), and a video whose frames would pass
+Bounded: ffmpeg is told to stop one frame past the budget (``-frames:v``), and a video whose frames would pass
 ``max_sample_bytes`` (or whose duration passes ``max_duration_s``) becomes a ``too_long`` row, decided from the probe
-before decoding when the container tells the truth and at the budget when it lies.
+before decoding when the container tells the truth and at the budget when it lies. Frames come off the pipe one at a
+time and go either into one preallocated array sized from the probe (`decode_video` without a spool folder: library
+use, tests) or, with ``spool_dir`` (the ingest), straight into a spool file there: the result then holds a
+`pipelines.shards.NpyFile`, which `ShardWriter` streams into the tar as the same ``.npy`` bytes, so memory holds one
+frame per decode whatever the video's length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import math
 import numbers
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,7 +46,9 @@ from typing import Literal
 import ffmpeg
 import numpy as np
 
+from pipelines import storage
 from pipelines.ffmpeg import (
+    CommandResult,
     ProbeError,
     ProbeInfo,
     Stopped,
@@ -51,6 +59,7 @@ from pipelines.ffmpeg import (
     run_streaming,
     stopping,
 )
+from pipelines.shards import NpyFile
 
 Status = Literal[
     "ok", "decoded_with_errors", "failed_probe", "failed_decode", "timeout", "empty", "missing", "too_long"
@@ -132,7 +141,8 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 
 @dataclass
 class DecodeResult:
-    """Frames (T, H, W, 3) uint8 when usable, plus everything the manifest records."""
+    """Frames (T, H, W, 3) uint8 when usable — in memory (`frames`), or spooled to a file (`spooled`, when decoded
+    with a ``spool_dir``) — plus everything the manifest records."""
 
     status: Status
     frames: np.ndarray | None = None
@@ -141,10 +151,17 @@ class DecodeResult:
     n_expected: int = 0
     timestamps: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    spooled: NpyFile | None = None
 
     @property
     def n_frames(self) -> int:
+        if self.spooled is not None:
+            return self.spooled.shape[0]
         return 0 if self.frames is None else int(self.frames.shape[0])
+
+    def array(self) -> np.ndarray | NpyFile | None:
+        """The frames as a shard member: the in-memory array or the spooled file (None when not usable)."""
+        return self.spooled if self.spooled is not None else self.frames
 
 
 def output_size(info: ProbeInfo, cfg: DecodeConfig) -> tuple[int, int]:
@@ -239,6 +256,39 @@ class _FrameBuffer:
         return self.array[: self.n]
 
 
+class _FrameSpool:
+    """Frames appended to a spool file in `folder` as they arrive (never more than `limit`; the rest are only
+    counted): a decode holds one frame in memory, not the video. The file is named as this process's temporary
+    (`storage.temp_name`), so a run that dies leaves nothing the next one keeps (`shards.clean_stale_temporaries`)."""
+
+    def __init__(self, folder: str | Path, height: int, width: int, limit: int) -> None:
+        self.shape = (height, width, 3)
+        self.limit = limit
+        self.n = 0
+        self.seen = 0
+        self.handed_over = False
+        self.path = Path(folder) / storage.temp_name("frames.rgb")
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed by finish() / discard()
+
+    def add(self, buf: bytes) -> None:
+        self.seen += 1
+        if self.n >= self.limit:
+            return
+        self._fh.write(buf)
+        self.n += 1
+
+    def finish(self) -> NpyFile:
+        """Close the file and hand it over: the `NpyFile` owns (and eventually removes) it."""
+        self._fh.close()
+        spooled = NpyFile(self.path, (self.n, *self.shape), np.uint8)
+        self.handed_over = True
+        return spooled
+
+    def discard(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
 def _stat_problem(p: Path) -> DecodeResult | None:
     """A status for a path that is not a non-empty regular file (never raises): broken links and link loops are
     `missing`, directories, FIFOs, sockets and devices `failed_probe` (a FIFO would block the probe forever)."""
@@ -263,8 +313,29 @@ def _stat_problem(p: Path) -> DecodeResult | None:
     return None
 
 
-def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
+#: the spool folder of the decodes in this context (`spooling`); None: frames are returned in memory
+_SPOOL_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("vlrepro_spool_dir", default=None)
+
+
+@contextlib.contextmanager
+def spooling(folder: str | Path) -> Iterator[None]:
+    """Decodes in this block (this thread or task) spool their frames into `folder`, as if each `decode_video` call
+    were given ``spool_dir=folder``. The ingest sets it around a shard, so that the per-item processors keep their
+    ``(path, cfg)`` decoder interface."""
+    token = _SPOOL_DIR.set(str(folder))
+    try:
+        yield
+    finally:
+        _SPOOL_DIR.reset(token)
+
+
+def decode_video(path: str | Path, cfg: DecodeConfig, spool_dir: str | Path | None = None) -> DecodeResult:
     """Probe then decode `path`; never raises for a bad input (see the module table for statuses).
+
+    Without a spool folder the frames of a usable decode are in `DecodeResult.frames` (one array sized from the
+    probe); with one (`spool_dir`, else the folder `spooling` set) they are streamed into a temporary file there and
+    returned as `DecodeResult.spooled` (an `NpyFile` that removes its file when discarded or dropped), so that the
+    video is never held in memory. Nothing is left in the folder for an unusable decode, nor when this raises.
 
     Raises `pipelines.ffmpeg.Stopped` when the run is being stopped (`pipelines.ffmpeg.stop_children`): an
     interrupted decode says nothing about the input, so it must not become a row.
@@ -306,13 +377,39 @@ def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
     # that frame only tells us the video is too long (the container under-reported its duration).
     truncating = 0 < cfg.max_frames <= budget
     limit = cfg.max_frames if truncating else budget + 1
-    buffer = _FrameBuffer(oh, ow, initial=n_expected + cfg.short_tolerance + 1, limit=min(limit, budget))
-    result = run_streaming(
-        decode_argv(p, info, cfg, frame_limit=limit),
-        chunk_size=frame_bytes,
-        on_chunk=buffer.add,
-        timeout=cfg.timeout_s,
-    )
+    buffer: _FrameBuffer | _FrameSpool
+    spool_dir = spool_dir if spool_dir is not None else _SPOOL_DIR.get()
+    if spool_dir is None:
+        buffer = _FrameBuffer(oh, ow, initial=n_expected + cfg.short_tolerance + 1, limit=min(limit, budget))
+    else:
+        buffer = _FrameSpool(spool_dir, oh, ow, limit=min(limit, budget))
+    try:
+        result = run_streaming(
+            decode_argv(p, info, cfg, frame_limit=limit),
+            chunk_size=frame_bytes,
+            on_chunk=buffer.add,
+            timeout=cfg.timeout_s,
+        )
+        res = _classify(result, buffer, info, n_expected, budget, frame_bytes, cfg, start)
+        if isinstance(buffer, _FrameSpool) and res.status in USABLE:
+            res.spooled = buffer.finish()
+    finally:
+        if isinstance(buffer, _FrameSpool) and not buffer.handed_over:
+            buffer.discard()  # not usable, or an exception (a stop, a full disk): leave nothing behind
+    return res
+
+
+def _classify(
+    result: CommandResult,
+    buffer: _FrameBuffer | _FrameSpool,
+    info: ProbeInfo,
+    n_expected: int,
+    budget: int,
+    frame_bytes: int,
+    cfg: DecodeConfig,
+    start: float,
+) -> DecodeResult:
+    """The status of a finished decode run (the frames of a usable one stay in `buffer`'s keeping)."""
     elapsed = time.monotonic() - start
     n = buffer.n
     if result.timed_out:
@@ -348,7 +445,7 @@ def decode_video(path: str | Path, cfg: DecodeConfig) -> DecodeResult:
             seconds=elapsed,
             error=_join(f"{reason} ({n} frames)", result.stderr_tail),
         )
-    frames = buffer.frames()  # (T, H, W, 3) uint8, a view of the preallocated array
+    frames = buffer.frames() if isinstance(buffer, _FrameBuffer) else None  # a view of the preallocated array
     short = n < n_expected - cfg.short_tolerance
     problems = []
     if result.returncode != 0:

@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -292,7 +293,8 @@ def ingest_item(
         "decode_s": round(res.seconds, 4),
         "config_hash": config_digest,
     }
-    if res.status not in USABLE or res.frames is None:
+    frames = res.array()  # in memory, or spooled to a file that the shard writer streams into the tar
+    if res.status not in USABLE or frames is None:
         return row, None
     meta = {
         "key": item["key"],
@@ -306,15 +308,27 @@ def ingest_item(
         "source": row["source"],
         **dict(item.get("meta", {})),
     }
-    return row, {"npy": res.frames, "json": meta}
+    return row, {"npy": frames, "json": meta}
+
+
+def spool_folder(stage_uri: str) -> str:
+    """Where a shard's decodes spool their frames: the stage folder itself when it is local (same disk as the tar,
+    never a RAM-backed /tmp; a dead writer's spool is removed like its other temporaries), else the local temp
+    folder, where the shard writer keeps its temporary tar too."""
+    return str(storage.local_path(stage_uri)) if storage.is_local(stage_uri) else tempfile.gettempdir()
 
 
 def ingest_shard(job: shards.ShardJob, cfg: IngestConfig) -> shards.ShardSummary:
-    """Decode and commit one shard (idempotent; obeys `job.mode`)."""
+    """Decode and commit one shard (idempotent; obeys `job.mode`).
+
+    Frames are spooled (`decode_mod.spooling`): each decode writes its frames to a file as ffmpeg produces them, and
+    the shard writer streams that file into the tar, so memory holds a frame per decode, not a video.
+    """
     digest = cfg.hash()
-    return shards.run_shard(
-        job, lambda item: ingest_item(item, cfg.decode, digest), extra_stats={"ffmpeg": ffmpeg_version()}
-    )
+    with decode_mod.spooling(spool_folder(job.stage_uri)):
+        return shards.run_shard(
+            job, lambda item: ingest_item(item, cfg.decode, digest), extra_stats={"ffmpeg": ffmpeg_version()}
+        )
 
 
 @dataclass

@@ -35,11 +35,12 @@ import tarfile
 import tempfile
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import IO, Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -456,6 +457,106 @@ def require_stage(uri: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ writing a shard
 
 
+#: block size of a streamed copy into a tar (a spool file, a kept member): memory per copy; the bytes do not change
+_COPY_BLOCK = 64 << 10
+
+
+class NpyFile:
+    """A C-order array whose raw bytes are in a local file (frames a decoder spooled there as they came off ffmpeg's
+    pipe), written into a tar as a ``.npy`` member by streaming: the header (with the final shape) and then the file,
+    in small blocks. The member is byte-identical to ``np.save`` of the same array; the array is never in memory.
+
+    Owns its file: `discard` removes it, and so does garbage collection of the object (a sample dropped on an error
+    path does not leave its spool behind). `ShardWriter.add` discards it once written.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: Any = np.uint8) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape},
+        )
+        self.header = header.getvalue()
+        self._finalizer = weakref.finalize(self, _unlink_quietly, self.path)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the ``.npy`` member: header and data."""
+        return len(self.header) + self.nbytes
+
+    def open(self) -> io.BufferedReader:
+        """A reader of the whole ``.npy`` member (header, then the file); checks the file holds `nbytes` bytes.
+        Buffered: `tarfile` needs every ``read(n)`` to return n bytes until the end."""
+        actual = self.path.stat().st_size
+        if actual != self.nbytes:
+            raise ValueError(f"{self.path} holds {actual} bytes, not the {self.nbytes} of shape {self.shape}")
+        return io.BufferedReader(_ChainReader(self.header, self.path), _COPY_BLOCK)
+
+    def load(self) -> np.ndarray:
+        """The array in memory (tests and small arrays only: the point of this class is not to do this)."""
+        return np.fromfile(self.path, self.dtype).reshape(self.shape)
+
+    def discard(self) -> None:
+        """Remove the file (idempotent)."""
+        self._finalizer()
+
+
+class _TarMember:
+    """A member of a committed shard's tar, copied into a new tar by streaming (`ShardWriter.add`)."""
+
+    def __init__(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        self.tar = tar
+        self.info = info
+
+    @property
+    def size(self) -> int:
+        return int(self.info.size)
+
+    def open(self) -> IO[bytes]:
+        f = self.tar.extractfile(self.info)
+        if f is None:
+            raise ValueError(f"{self.info.name} is not a regular member")
+        return f
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+class _ChainReader(io.RawIOBase):
+    """Read `head` bytes, then the file at `path` (opened lazily, closed at the end or on `close`)."""
+
+    def __init__(self, head: bytes, path: Path) -> None:
+        self._head = memoryview(head)
+        self._path = path
+        self._fh: io.BufferedReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._head.nbytes:
+            n = min(out.nbytes, self._head.nbytes)
+            out[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        if self._fh is None:
+            self._fh = open(self._path, "rb")  # noqa: SIM115 - closed by close()
+        return self._fh.readinto(out)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
+
+
 def _encode_member(value: Any) -> bytes:
     if isinstance(value, np.ndarray):
         buf = io.BytesIO()
@@ -510,21 +611,37 @@ class ShardWriter:
         # The writer owns the open file and tar across add() calls; __exit__ closes and removes them.
         self._file: _HashingWriter | None = _HashingWriter(open(self._tmp, "wb"))  # noqa: SIM115
         self._tar: tarfile.TarFile | None = tarfile.TarFile(
-            fileobj=cast(Any, self._file), mode="w", format=tarfile.USTAR_FORMAT
+            fileobj=cast(Any, self._file), mode="w", format=tarfile.USTAR_FORMAT, copybufsize=_COPY_BLOCK
         )
         self.n_samples = 0
 
     def add(self, key: str, members: Mapping[str, Any]) -> None:
-        """Append one sample: ``{extension: value}``; arrays become ``.npy`` members, dicts ``.json``."""
+        """Append one sample: ``{extension: value}``; arrays become ``.npy`` members, dicts ``.json``.
+
+        An `NpyFile` value is streamed from its file into the tar (the same bytes as its array would give) and then
+        discarded, and a member kept from the committed tar (retry-failed) is streamed from there: memory holds a
+        copy block, not the sample.
+        """
         assert self._tar is not None, "writer already closed"
         storage.check_key(key)
-        for ext in sorted(members):
-            data = _encode_member(members[ext])
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0  # byte-identical shards for identical content
-            info.mode = 0o444
-            self._tar.addfile(info, io.BytesIO(data))
+        try:
+            for ext in sorted(members):
+                value = members[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.mtime = 0  # byte-identical shards for identical content
+                info.mode = 0o444
+                if isinstance(value, NpyFile | _TarMember):
+                    info.size = value.size
+                    with value.open() as reader:
+                        self._tar.addfile(info, reader)
+                else:
+                    data = _encode_member(value)
+                    info.size = len(data)
+                    self._tar.addfile(info, io.BytesIO(data))
+        finally:
+            for value in members.values():
+                if isinstance(value, NpyFile):
+                    value.discard()
         self.n_samples += 1
 
     def commit(self, rows: Sequence[Mapping[str, Any]], stats: Mapping[str, Any]) -> None:
@@ -720,12 +837,23 @@ def run_shard(
         def process_items(items: Sequence[Mapping[str, Any]]) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None]]:
             return (per_item(it) for it in items)
 
+    with contextlib.ExitStack() as opened:  # the committed tar that retry-failed copies its good samples from
+        return _run_shard(job, process_items, extra_stats, on_sample_written, opened)
+
+
+def _run_shard(
+    job: ShardJob,
+    process_items: BatchProcessor,
+    extra_stats: Mapping[str, Any] | None,
+    on_sample_written: Callable[[int], None] | None,
+    opened: contextlib.ExitStack,
+) -> ShardSummary:
     start = time.monotonic()
     uri, index, stem = job.stage_uri, job.index, shard_stem(job.index)
     existing, unreadable = _read_marker(uri, index)
     action: Action = "written"
     reason = ""
-    keep: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    keep: dict[str, tuple[dict[str, Any], dict[str, _TarMember]]] = {}
     if job.mode == "overwrite":
         pass  # everything is rewritten
     elif existing is not None:
@@ -745,7 +873,7 @@ def run_shard(
             # same keys, other content (a file replaced in place, another folder with the same names)
             action, reason = "updated", _changed_inputs(job)
             if job.mode == "retry-failed":
-                keep = _read_ok_samples(uri, index, job.fingerprints)
+                keep = _read_ok_samples(uri, index, job.fingerprints, opened)
         else:
             failed = {k: v for k, v in existing.get("status_counts", {}).items() if k not in OK_STATUSES}
             if job.mode == "incremental" or not failed:
@@ -757,7 +885,7 @@ def run_shard(
                     time.monotonic() - start,
                 )
             action = "retried"
-            keep = _read_ok_samples(uri, index, job.fingerprints)
+            keep = _read_ok_samples(uri, index, job.fingerprints, opened)
         if action != "retried":
             uncommit_shard(uri, index)  # a run killed during the rewrite must not leave the old marker committed
     elif unreadable:
@@ -781,6 +909,7 @@ def run_shard(
     with ShardWriter(uri, index) as writer:
         for item in job.items:
             key = str(item["key"])
+            members: Mapping[str, Any]
             if key in keep:
                 row, members = keep.pop(key)
             else:
@@ -833,9 +962,11 @@ def _changed_inputs(job: ShardJob) -> str:
 
 
 def _read_ok_samples(
-    uri: str, index: int, fingerprints: Mapping[str, str] | None = None
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """The committed rows and members of shard `index` whose status is usable (reused by retry-failed).
+    uri: str, index: int, fingerprints: Mapping[str, str] | None, opened: contextlib.ExitStack
+) -> dict[str, tuple[dict[str, Any], dict[str, _TarMember]]]:
+    """The committed rows of shard `index` whose status is usable, each with references to its tar members (reused by
+    retry-failed): the members are streamed from the committed tar into the new one, never read into memory (a shard
+    of good samples can be gigabytes). The tar stays open in `opened` until the shard is rewritten.
 
     With `fingerprints` (the inputs' current content), a row is reused only if it recorded the same fingerprint: a
     sample of a file that has since changed is redone, not kept.
@@ -845,10 +976,15 @@ def _read_ok_samples(
         for r in read_rows(uri, index)
         if r.get("status") in OK_STATUSES and (not fingerprints or r.get("fingerprint") == fingerprints.get(r["key"]))
     }
-    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for key, members in iter_shard(uri, index, decode=False):
+    fh = opened.enter_context(storage.open_read(storage.join(uri, f"{shard_stem(index)}.tar")))
+    tar = opened.enter_context(tarfile.TarFile(fileobj=fh, mode="r"))  # seeks: reads headers, data when copied
+    out: dict[str, tuple[dict[str, Any], dict[str, _TarMember]]] = {}
+    for info in tar.getmembers():
+        if not info.isfile():
+            continue
+        key, ext = info.name.split(".", 1)
         if key in rows:
-            out[key] = (_unparquet_row(rows[key]), members)
+            out.setdefault(key, (_unparquet_row(rows[key]), {}))[1][ext] = _TarMember(tar, info)
     return out
 
 

@@ -16,6 +16,17 @@ class CliError(Exception):
     """A user-facing failure: printed as one line (``error: <message>``), exit code 1."""
 
 
+def require_prefect_database() -> None:
+    """Before a command starts a Prefect flow: an unusable local Prefect database (``PREFECT_HOME/prefect.db``) is one
+    `CliError` naming the file and what to do, instead of a temporary server that retries for minutes."""
+    from flows.runtime import PrefectDatabaseError, check_prefect_database
+
+    try:
+        check_prefect_database()
+    except PrefectDatabaseError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import JsonOpt, progress_bar
+from flows.cli.common import JsonOpt, progress_bar, require_prefect_database
 from flows.console import emit
 
 #: config field → the option that sets it (for the hint of a value the config refuses)
@@ -77,6 +77,7 @@ def ingest(
     name = dataset or ing.make_key(src.stem if src.is_file() else src.resolve().name)
     source, out = str(src.resolve()), storage.resolve_root(out)  # the edge: no relative path travels further
     if prefect:
+        require_prefect_database()
         from flows.ingest import ingest_flow
 
         result = ingest_flow(

@@ -251,6 +251,85 @@ def test_decoding_holds_one_copy_of_the_frames(tmp_path):
     assert peak < 1.3 * sample, (peak, sample)  # the old list-of-frames + np.stack held two copies
 
 
+def _testsrc(path: Path, seconds: float, side: int, rate: int = 25) -> Path:
+    """A synthetic clip from ffmpeg's lavfi ``testsrc`` (fast to make at any length)."""
+    argv = [ff.ffmpeg_binary(), "-hide_banner", "-v", "error", "-y", "-f", "lavfi"]
+    argv += ["-i", f"testsrc=size={side}x{side}:rate={rate}", "-t", str(seconds)]
+    argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    assert ff.run_command(argv, timeout=60).ok
+    return path
+
+
+def _spools(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+def test_a_long_video_streams_to_the_shard_through_a_spool_and_the_tar_is_unchanged(tmp_path):
+    """The ingest path: frames go from ffmpeg's pipe into a spool file and from there into the tar, so the peak
+    Python allocation is a few frames, not the video; the tar is byte for byte what the in-memory path writes."""
+    from pipelines import shards
+
+    path = _testsrc(tmp_path / "long.mp4", seconds=16, side=128)  # 400 frames of 128² RGB: 19.7 MB decoded
+    cfg = DecodeConfig(fps=25, short_side=128, crop=128)
+    in_memory = decode_video(path, cfg)  # also warms up imports and caches outside the measurement
+    assert in_memory.status == "ok" and in_memory.frames is not None
+    video_bytes = in_memory.frames.nbytes
+    assert in_memory.frames.shape == (400, 128, 128, 3)
+    meta = {"timestamps": in_memory.timestamps}
+    rows, stats = [{"key": "v", "status": "ok"}], {"n_samples": 1}
+    shards.write_shard(str(tmp_path / "a"), 0, [("v", {"npy": in_memory.frames, "json": meta})], rows, stats)
+    del in_memory
+
+    spool_dir = tmp_path / "b"
+    spool_dir.mkdir()
+    tracemalloc.start()
+    res = decode_video(path, cfg, spool_dir=spool_dir)
+    assert res.frames is None and res.spooled is not None and res.n_frames == 400
+    assert _spools(spool_dir) == [res.spooled.path.name]  # the spool lives in the given folder while it is needed
+    shards.write_shard(str(spool_dir), 0, [("v", {"npy": res.spooled, "json": meta})], rows, stats)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert res.status == "ok"
+    ratio = peak / video_bytes
+    print(f"peak Python allocation {peak} B = {ratio:.4f} x the video's {video_bytes} B of frames")
+    # a few frames while decoding, a few 64 KiB copy blocks while writing; the in-memory path holds more than 1.0
+    assert ratio < 0.1, (peak, video_bytes)
+    assert _spools(spool_dir) == []  # written into the tar, then removed
+    assert (spool_dir / "000000.tar").read_bytes() == (tmp_path / "a" / "000000.tar").read_bytes()
+
+
+def test_a_spooled_decode_leaves_nothing_behind_when_unusable_or_stopped(media, tmp_path, monkeypatch):
+    real_probe = decode_mod.probe
+    monkeypatch.setattr(
+        decode_mod, "probe", lambda path, timeout: dataclasses.replace(real_probe(path, timeout=timeout), duration=0.5)
+    )
+    frame = 32 * 32 * 3
+    cfg = DecodeConfig(fps=4, short_side=32, crop=32, max_sample_bytes=5 * frame)
+    with decode_mod.spooling(tmp_path):  # how the ingest sets the folder for a shard's decodes
+        res = decode_video(media["good"][0], cfg)  # too long, found at the budget (the container lied)
+    assert res.status == "too_long" and res.spooled is None and _spools(tmp_path) == []
+    res = decode_video(media["garbage"][0], cfg, spool_dir=tmp_path)
+    assert res.status == "failed_probe" and _spools(tmp_path) == []
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        kwargs["on_chunk"](b"x" * frame)  # type: ignore[operator]
+        assert _spools(tmp_path)  # the spool exists while the decode runs
+        raise ff.Stopped("stopped while ffmpeg was running")
+
+    monkeypatch.setattr(decode_mod, "run_streaming", stopped)
+    with pytest.raises(ff.Stopped):
+        decode_video(media["good"][0], DecodeConfig(fps=4, short_side=32, crop=32), spool_dir=tmp_path)
+    assert _spools(tmp_path) == []
+
+
+def test_a_dropped_spooled_sample_removes_its_file(media, tmp_path):
+    res = decode_video(media["good"][0], DecodeConfig(fps=4, short_side=32, crop=32), spool_dir=tmp_path)
+    assert res.spooled is not None and res.spooled.path.exists()
+    assert np.array_equal(res.spooled.load(), decode_video(media["good"][0], DecodeConfig(4, 32, 32)).frames)
+    del res  # e.g. a processor error between the decode and the shard writer
+    assert _spools(tmp_path) == []
+
+
 # ---- item 7: short clips, odd paths -----------------------------------------------------------------------------
 
 
