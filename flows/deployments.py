@@ -138,16 +138,15 @@ def train_flow(
     """
     root = storage.resolve_root(root)
     cfg = recipe_config(recipe, config, overrides)
-    from infra.jobs import training_job
+    from infra.jobs import recipe_job
 
-    job = training_job(  # `vlrepro train run`'s default name: the same config, one job
-        paper=paper or recipe,
-        method=method or recipe,
-        who=recipe,
-        name=run_name,
-        recipe=recipe,
-        config=cfg,
-        root=root,
+    job = recipe_job(  # `vlrepro train run`'s job: the same config, one job
+        recipe,
+        cfg,
+        root,
+        run_name=run_name,
+        paper=paper,
+        method=method,
         metric=metric,
         higher_is_better=higher_is_better,
         num_workers=num_workers,

@@ -1,40 +1,19 @@
-"""`reproduce-ucofia`: data → ingest → mini CLIP → frame tokens → UCoFiA jobs → evaluate (SK-norm) → register.
+"""`reproduce-ucofia`: data → ingest ∥ mini CLIP → frame tokens → UCoFiA jobs → evaluate (SK-norm) → register.
 
 UCoFiA (Wang et al., ICCV 2023; METHODS §3) on the mini world: frame CLS + projected patch tokens of the frozen mini
-CLIP are precomputed once (`stages.extract_clip_features(output="tokens")`, the ``clip-tokens`` stage); each job
-trains the text tower, seqTransf, the patch selector and the ISA weights, then evaluates with the paper's test-time
-Sinkhorn normalisation per level over a bank of **training** captions (`recipes.ucofia`). The recipe
-also reports the un-normalised scores (``no_sinkhorn``) and each level of the model scored alone (``level-<name>``),
-so the Sinkhorn on/off comparison reads off the same run. Retrieval is reported on the whole test set and on the
-order-dependent subset (reversal twins, `reproduce_clip4clip.order_subsets`).
+CLIP are precomputed once (the ``clip-tokens`` stage); each job trains the text tower, seqTransf, the patch selector
+and the ISA weights, then evaluates with the paper's test-time Sinkhorn normalisation per level over a bank of
+**training** captions (`recipes.ucofia`), also reporting the un-normalised scores (``no_sinkhorn``) and each level of
+the model scored alone (``level-<name>``), so the Sinkhorn on/off comparison reads off the same run. Every stage is
+reused on rerun and shared with the CLIP4Clip and STAN DAGs on the same root and dataset key.
 
-Stages (each reused on rerun and shared with the CLIP4Clip and STAN DAGs on the same root and dataset key):
+**Variants** (``recipes/configs/ucofia/mini-retrieval.yaml``): the main run ``ucofia`` uses all three levels, ISA
+and Sinkhorn; the ablation table trains each level alone and the mean-pool and softmax aggregations, and reads
+Sinkhorn off the main run's ``no_sinkhorn`` block. Rows "levels (one model)" score each level of the *main* model
+alone (a diagnostic, not a paper ablation). Only ``ucofia`` is registered. **Sizes**: the spec's header gives the
+budgets and per-step timings (small: 7 epochs × 27 steps at batch 64 plus ~40 s of Sinkhorn evaluation).
 
-| stage | task | output |
-|---|---|---|
-| mini-retrieval world, frames at 4 fps, 64 px | `stages.make_data`, `ingest_flow` | frames stage (shared) |
-| mini CLIP on the world's frame–caption pairs | `stages.pretrain_mini_clip` | ``mini-clip`` model (shared) |
-| CLS + projected patch tokens per frame | `stages.extract_clip_features` | ``clip-tokens`` stage |
-| one UCoFiA job per variant | `stages.train` (recipe ``ucofia``) | ``ucofia`` model (main variant), ``t2v/R@1`` |
-| ablation table (``ablations=True``) | `flows.ablations.log_table` | MLflow summary run in experiment ``ucofia`` |
-
-**Variants** (overrides of ``recipes/configs/ucofia/mini-retrieval.yaml``): the main run ``ucofia`` uses
-all three levels, ISA and Sinkhorn; the ablation table trains each level alone and the mean-pool and softmax
-aggregations, and reads Sinkhorn off from the main run's ``no_sinkhorn`` block. Rows "levels (one model)" score
-each level of the *main* model alone (no retraining, un-normalised) — not a paper ablation, a diagnostic. Only the
-main variant is registered as a ``ucofia`` model version.
-
-**Size choices** (`SIZES`, on top of the mini YAML, whose header gives the per-step timings). Budget: the default
-DAG on ``size="small"`` in ~5 min of UCoFiA work on 2 quiet CPU cores once the shared stages exist:
-
-- small: the YAML unchanged: 7 epochs × 27 steps (batch 64) = 189 steps at ~1.1 s (full model, one thread), plus
-  ~40 s of evaluation (Sinkhorn banks of 1,024 training captions and videos); single-level rows without the
-  patch–word level cost a fraction of that;
-- medium (3,456 training clips, 54 steps per epoch): 4 epochs = 216 steps;
-- tiny (96 training clips): one epoch at batch 16 = 6 steps per job, 64 perturbed top-K samples.
-
-The DAG's body is the one of every frozen-feature retrieval paper (`flows.retrieval`); this module says what is
-UCoFiA's own.
+The DAG's body is the one of every retrieval paper (`flows.retrieval`); this module says what is UCoFiA's own.
 """
 
 from __future__ import annotations
@@ -45,8 +24,8 @@ from typing import Any
 from prefect import flow
 
 from flows import retrieval
-from flows.ablations import Row
 from infra.settings import Resources
+from recipes.experiments.retrieval import Row
 from recipes.spec import load_spec
 from recipes.ucofia import UCoFiARecipeConfig
 

@@ -1,22 +1,78 @@
-"""The paper DAGs' own tasks (DCC, LocVTP): thin wrappers over the functions below them, in one module; the stages
-every DAG shares are in `flows/stages.py`. A task's name is what Prefect shows and what its persisted result is
-keyed by (with its inputs and source), so renaming one makes a rerun recompute it once.
+"""Every task of every paper's DAG, in one module: thin wrappers over the functions of the layers below (`pipelines`,
+`recipes`, `infra`). Flows compose them (`flows/reproduce_*.py`, `flows/retrieval.py`); `flows.stages.cached` gives a
+DAG the shared ones configured to persist their results under its run root. A task's name is what Prefect shows and
+what its persisted result is keyed by (with its inputs and source), so renaming one makes a rerun recompute it once.
+
+Each wraps an idempotent function that leaves a commit marker (world.json, a stage's ``_stats.json``,
+``jobs/<run>.json``), so a rerun after a crash reuses finished work twice over: Prefect returns the persisted result
+of a finished task, and the function itself finds its marker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 
 from flows.runtime import is_transient
+from models.common.clip import ClipConfig
 from models.config import build
 from models.dcc import VARIANT_EVAL_BRANCH
+from pipelines import storage
 from pipelines.features.i3d import I3DFeatureConfig
 from pipelines.features.tvl1 import TVL1Config
+from recipes.experiments import dataset_key
 from recipes.experiments import dcc as dcc_experiment
 from recipes.experiments import locvtp as locvtp_experiment
+
+# ----- the stages every DAG shares: data → (ingest: `flows.ingest`) → mini CLIP → CLIP features → training jobs ---
+
+
+@task(name="make-data", retries=1, retry_condition_fn=is_transient)
+def make_data(name: str, root: str, size: str, seed: int) -> dict[str, Any]:
+    from pipelines.miniworld import make_world
+
+    return make_world(name, storage.join(root, "data", dataset_key(name, size, seed)), seed=seed, size=size)
+
+
+@task(name="pretrain-mini-clip", retries=1, retry_condition_fn=is_transient)
+def pretrain_mini_clip(
+    root: str, dataset: str, image_text: str, overrides: dict[str, Any], cpus_per_worker: float | None = None
+) -> dict[str, Any]:
+    """The project's mini CLIP on the dataset's frame–caption pairs, registered in MLflow as ``mini-clip``."""
+    from infra.jobs import mini_clip_job
+    from infra.training_job import TrainingJob, run_job
+
+    job, arch = mini_clip_job(root, dataset, image_text, overrides, cpus_per_worker)
+    out = run_job(TrainingJob(**job))
+    return {**out, "clip_checkpoint": str(Path(out["model_dir"]) / "clip.pt"), "clip_arch": arch}
+
+
+@task(name="extract-clip-features", retries=1, retry_condition_fn=is_transient)
+def extract_clip_features(
+    frames_uri: str, root: str, dataset: str, arch: str, checkpoint: str, output: str = "cls", last_blocks: int = 4
+) -> dict[str, Any]:
+    from pipelines.features.clip_frames import ClipFeatureConfig, extract
+
+    cfg = build(
+        ClipFeatureConfig,
+        {"clip": asdict(ClipConfig(arch=arch, pretrained=checkpoint)), "output": output, "last_blocks": last_blocks},
+    )
+    return extract(frames_uri, root, dataset, cfg)
+
+
+@task(name="train", retries=1, retry_condition_fn=is_transient)
+def train(job: dict[str, Any]) -> dict[str, Any]:
+    """One training job (Ray Train + MLflow + registry); see `infra.training_job`."""
+    from infra.training_job import TrainingJob, run_job
+
+    result = run_job(TrainingJob(**job))
+    return json.loads(json.dumps(result, default=str))
+
 
 # ----- DCC: the TV-L1 flow, fanned out per shard -------------------------------------------------------------
 
@@ -78,15 +134,15 @@ def score_predictions(predictions: str, ground_truth: str) -> dict[str, Any]:
 
 @task(name="dcc-log-results", retries=1, retry_condition_fn=is_transient)
 def log_dcc_results(root: str, parent_id: str, summary: dict[str, Any], timelines: dict[str, str]) -> dict[str, Any]:
-    """Parent run: the main chain's final metrics, the ablation table (an MLflow table artefact), the timeline plots
-    (also on the final step's own run); then the parent is marked FINISHED."""
-    from infra.plots_wtal import timeline_figure
-    from infra.results import log_results as log_tables
+    """Parent run: the main chain's final metrics, the ablation table and paper-vs-ours (the one results schema), the
+    timeline plots (also on the final step's own run); then the parent is marked FINISHED."""
+    from infra.plots_wtal import log_timelines
+    from infra.results import log_results
     from infra.tracking import Tracker
-    from pipelines.storage import read_json
 
     tracker = Tracker.for_run_root(root)
-    log_tables(
+    metrics = {f"final/{k}": v for k, v in summary["metrics"].items()}
+    log_results(
         tracker,
         parent_id,
         paper=dcc_experiment.PAPER,
@@ -94,19 +150,11 @@ def log_dcc_results(root: str, parent_id: str, summary: dict[str, Any], timeline
         results=summary,
         rows=summary.get("ablations"),
         claims=dcc_experiment.SPEC.claims,
-        metrics={f"final/{k}": v for k, v in summary["metrics"].items()},
+        metrics=metrics,
+        paper_vs_ours=summary.get("paper_vs_ours"),
     )
-    plots = []
-    for variant, path in timelines.items():
-        branch = VARIANT_EVAL_BRANCH[variant]
-        figure = timeline_figure(read_json(path), branch=branch, title=f"DCC {variant} (detections: {branch})")
-        name = f"plots/timeline_{variant}.png"
-        tracker.log_figure(parent_id, figure, name)
-        plots.append(name)
-    main = summary["steps"][-1]["run_id"]
-    main_timeline = timelines.get(dcc_experiment.MAIN_VARIANT)
-    if main_timeline:
-        tracker.log_figure(main, timeline_figure(read_json(main_timeline)), "plots/timeline.png")
+    main_run = summary["steps"][-1]["run_id"]
+    plots = log_timelines(tracker, parent_id, timelines, VARIANT_EVAL_BRANCH, dcc_experiment.MAIN_VARIANT, main_run)
     tracker.finish(parent_id, "FINISHED")
     return {"parent_run_id": parent_id, "plots": plots}
 
@@ -137,50 +185,65 @@ def locvtp_clip_features(
 @task(name="locvtp-retrieval-transfer", retries=1, retry_condition_fn=is_transient)
 def locvtp_retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[str, float]]:
     """Text↔moment retrieval on the test queries from a clip-feature stage (its clip and sentence features)."""
-    import numpy as np
+    from recipes.locvtp import retrieval_transfer
 
-    from pipelines.features.locvtp_clips import iter_features
-    from recipes.locvtp import moment_retrieval, queries_by_video, read_queries
-
-    clips, text, seconds, durations = {}, {}, {}, {}
-    for key, c, t, meta in iter_features(features_uri):
-        clips[key], seconds[key] = c, float(meta["clip_seconds"])
-        text[key] = dict(zip(meta.get("captions") or [], t, strict=True))
-        if meta.get("split") == "test":
-            durations[key] = float(meta["duration"])
-    by_video = queries_by_video(read_queries(test_queries, durations))
-    queries = [q for key in sorted(by_video) for q in by_video[key]]
-    sentence = np.stack([text[q.video][q.sentence] for q in queries])  # (Q, D)
-    return moment_retrieval(clips, seconds, queries, sentence)
+    return retrieval_transfer(features_uri, test_queries)
 
 
 @task(name="locvtp-summary", retries=1, retry_condition_fn=is_transient)
 def log_locvtp_summary(root: str, run_key: str, summary: dict[str, Any]) -> str:
-    """One MLflow run per (dataset, results) in experiment ``locvtp`` holding the result tables as JSON artefacts."""
-    from infra.results import log_results
-    from infra.tracking import Tracker, run_guard
+    """One MLflow run per (dataset, results) in experiment ``locvtp`` holding the result tables (one schema)."""
+    from infra.results import log_summary_run
 
-    tracker = Tracker.for_run_root(root)
-    params = {"dataset": summary["dataset"], "jobs": sorted(summary["jobs"])}
-    run_id = tracker.start_or_resume(
-        locvtp_experiment.PAPER, run_key, run_key, params=params, tags={"vlrepro.kind": "summary"}
+    spec, results = locvtp_experiment.SPEC, summary["results"]
+    metrics = {f"{name}/{m}": v for name, block in results["grounding"].items() for m, v in block.items()}
+    return log_summary_run(
+        root,
+        spec.paper,
+        run_key,
+        dataset=summary["dataset"],
+        jobs=summary["jobs"],
+        kind="summary",
+        results=results,
+        rows=summary.get("ablations"),
+        claims=spec.claims,
+        metrics=metrics,
+        paper_vs_ours=spec.paper_vs_ours({}),
     )
-    with run_guard(tracker, run_id):
-        log_results(
-            tracker,
-            run_id,
-            paper=locvtp_experiment.PAPER,
-            dataset=summary["dataset"],
-            results=summary["results"],
-            rows=summary.get("ablations"),
-            claims=locvtp_experiment.SPEC.claims,
-            metrics={
-                f"{name}/{metric}": value
-                for name, block in summary["results"]["grounding"].items()
-                for metric, value in block.items()
-            },
-        )
-    return run_id
+
+
+# ----- the retrieval papers' ablation table ---------------------------------------------------------------------
+
+
+@task(name="log-ablation-table", retries=1, retry_condition_fn=is_transient)
+def log_ablation_table(
+    root: str,
+    paper: str,
+    dataset: str,
+    table: list[dict[str, Any]],
+    claims: dict[str, str],
+    paper_vs_ours: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The table as the summary run of (paper, dataset, jobs) in the paper's experiment (tag
+    ``vlrepro.kind=ablation-table``); idempotent: the run key digests the job keys, so the same table logs into the
+    same run on rerun and a table over other jobs gets its own."""
+    from infra.jobs import run_name
+    from infra.results import log_summary_run
+
+    jobs = sorted({r["run_name"] for r in table})
+    key = run_name(paper, jobs, part="ablations", data=dataset)
+    run_id = log_summary_run(
+        root,
+        paper,
+        key,
+        dataset=dataset,
+        jobs=jobs,
+        kind="ablation-table",
+        rows=table,
+        claims=claims,
+        paper_vs_ours=paper_vs_ours,
+    )
+    return {"run_id": run_id, "run_key": key}
 
 
 def mark_failed(root: str, run_id: str) -> None:

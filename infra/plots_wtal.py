@@ -145,3 +145,22 @@ def timeline_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def log_timelines(
+    tracker: Any, parent_id: str, timelines: Mapping[str, str], branches: Mapping[str, str], main: str, main_run_id: str
+) -> list[str]:
+    """Each variant's timeline plot (detections of its evaluated branch, `branches`) on the DAG's parent run, and the
+    main variant's also on its final step's own run; the artefact names on the parent."""
+    from pipelines.storage import read_json
+
+    plots = []
+    for variant, path in timelines.items():
+        branch = branches[variant]
+        figure = timeline_figure(read_json(path), branch=branch, title=f"DCC {variant} (detections: {branch})")
+        name = f"plots/timeline_{variant}.png"
+        tracker.log_figure(parent_id, figure, name)
+        plots.append(name)
+    if main in timelines:
+        tracker.log_figure(main_run_id, timeline_figure(read_json(timelines[main])), "plots/timeline.png")
+    return plots

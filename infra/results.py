@@ -2,14 +2,16 @@
 
 A DAG ends with one MLflow run of its own (the summary or parent run) holding::
 
-    tables/results.json          {"schema": 1, "paper", "dataset", "results": {...}}     the headline results
+    tables/results.json          {"schema": 1, "paper", "dataset", "results": {...}, "paper_vs_ours": [...]}
     tables/ablations.json        {"schema": 1, "paper", "dataset", "claims": {group: claim}, "rows": [row, ...]}
     tables/ablations.md          the rows as a markdown table, then the claims
     tables/ablations_table.json  the rows in MLflow's table format (the UI's table view)
     metrics                      ``ablation/<variant>[.<block>]/<column>`` for every finite number of a row, plus the
                                  DAG's own headline metrics (``final/…``), all at step 0
 
-Rows are flat dicts (one per ablation row; a row names its ``variant`` and, for a second block of the same job, its
+``paper_vs_ours`` is `recipes.spec.PaperSpec.paper_vs_ours`: each number the paper reports beside ours, compared
+only on the paper's own benchmark (``comparable``). Rows are flat dicts (one per ablation row; a row names its
+``variant`` and, for a second block of the same job, its
 ``block``); claims are the spec's `recipes.spec.PaperSpec.claims`. Readers (`read_table`) get the same structure
 whatever the paper. Flows call this module; none of them touches the MLflow client.
 """
@@ -75,6 +77,7 @@ def log_results(
     rows: Sequence[Mapping[str, Any]] | None = None,
     claims: Mapping[str, str] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    paper_vs_ours: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Log a DAG's results (and its ablation table, when it has one) to run `run_id` in the one schema.
 
@@ -82,8 +85,9 @@ def log_results(
     to an existing file, so it is written once per run).
     """
     head = {"schema": SCHEMA, "paper": paper, "dataset": dataset}
-    if results is not None:
-        tracker.log_dict(run_id, {**head, "results": dict(results)}, RESULTS_JSON)
+    if results is not None or paper_vs_ours:
+        body = {"results": dict(results or {}), "paper_vs_ours": [dict(r) for r in paper_vs_ours or ()]}
+        tracker.log_dict(run_id, {**head, **body}, RESULTS_JSON)
     numeric = {mlflow_key(k): float(v) for k, v in (metrics or {}).items() if _finite(v)}
     if rows:
         table = [dict(r) for r in rows]
@@ -111,3 +115,30 @@ def read_table(tracker: Tracker, run_id: str, dest: str) -> dict[str, Any]:
     with open(path) as fh:
         data: dict[str, Any] = json.load(fh)
     return data
+
+
+def log_summary_run(
+    root: str,
+    paper: str,
+    run_key: str,
+    *,
+    dataset: str,
+    jobs: Sequence[str],
+    kind: str,
+    **logged: Any,
+) -> str:
+    """A DAG's own MLflow run in the paper's experiment (same key ⇒ same run on rerun), holding its results in the
+    one schema (`log_results`'s keyword arguments); returns its run id. ``kind`` tags it (``vlrepro.kind``)."""
+    from infra.tracking import run_guard
+
+    tracker = Tracker.for_run_root(root)
+    run_id = tracker.start_or_resume(
+        paper,
+        run_key,
+        run_key,
+        params={"dataset": dataset, "jobs": sorted(jobs)},
+        tags={"vlrepro.kind": kind, "vlrepro.dataset": dataset},
+    )
+    with run_guard(tracker, run_id):
+        log_results(tracker, run_id, paper=paper, dataset=dataset, **logged)
+    return run_id

@@ -285,3 +285,20 @@ class LocVTPRecipe:
 
 def build(config: Mapping[str, Any]) -> LocVTPRecipe:
     return LocVTPRecipe(build_config(LocVTPRecipeConfig, config))
+
+
+def retrieval_transfer(features_uri: str, test_queries: str) -> dict[str, dict[str, float]]:
+    """Text↔moment retrieval on the test queries from a clip-feature stage (its clip and sentence features): the
+    DAG's retrieval-transfer table (`moment_retrieval`)."""
+    from pipelines.features.locvtp_clips import iter_features
+
+    clips, text, seconds, durations = {}, {}, {}, {}
+    for key, c, t, meta in iter_features(features_uri):
+        clips[key], seconds[key] = c, float(meta["clip_seconds"])
+        text[key] = dict(zip(meta.get("captions") or [], t, strict=True))
+        if meta.get("split") == "test":
+            durations[key] = float(meta["duration"])
+    by_video = queries_by_video(read_queries(test_queries, durations))
+    queries = [q for key in sorted(by_video) for q in by_video[key]]
+    sentence = np.stack([text[q.video][q.sentence] for q in queries])  # (Q, D)
+    return moment_retrieval(clips, seconds, queries, sentence)

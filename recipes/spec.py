@@ -10,8 +10,10 @@ A spec is what one experiment *is*, as data — the DAG that runs it lives in ``
   `make demo`'s);
 - ``variants``: named overrides of the main job (a head, an ablated module), ``main`` the paper's own method and
   ``default_variants`` what a plain run trains; ``ablations``: the paper's ablation rows over those variants;
-- ``claims``: what the paper reports and what the mini world must show, per ablation group; ``metric`` the
-  registry's champion metric; ``extra``: paper-specific settings a flow reads (e.g. CLIP4Clip's submission order).
+- ``claims``: what the paper reports and what the mini world must show, per ablation group; ``reported``: the
+  paper's own numbers (`Reported`: variant, metric, value, the benchmark and setting they were measured on, the
+  source), which a run on that benchmark is compared with (`paper_vs_ours`); ``metric``: the registry's champion
+  metric; ``extra``: paper-specific settings a flow reads (e.g. CLIP4Clip's submission order).
 
 The mini CLIP every mini-world DAG pre-trains is one spec of its own (``recipes/configs/mini-clip/<dataset>.yaml``),
 so one run name always means one model whichever paper trained it first. Nothing here imports orchestration: the CLI
@@ -41,6 +43,7 @@ _TOP_KEYS = {
     "default_variants",
     "ablations",
     "claims",
+    "reported",
     "metric",
     "extra",
 }
@@ -75,6 +78,19 @@ class AblationRow:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """One number the paper reports: `variant`'s `metric` (a key of the job's metrics, e.g. ``t2v/R@1``) on
+    `dataset` (the spec name of the benchmark, e.g. ``msrvtt``) in `setting` (split, backbone), from `source`."""
+
+    variant: str
+    metric: str
+    value: float
+    dataset: str
+    setting: str
+    source: str
+
+
+@dataclass(frozen=True)
 class PaperSpec:
     paper: str
     dataset: str
@@ -86,7 +102,29 @@ class PaperSpec:
     default_variants: tuple[str, ...] = ()
     ablations: tuple[AblationRow, ...] = ()
     claims: dict[str, str] = field(default_factory=dict)
+    reported: tuple[Reported, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def paper_vs_ours(self, measured: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The paper's numbers beside ours (`measured`: variant → metrics), one row per reported number. Only a run
+        on the paper's own benchmark is compared (``ours`` is None otherwise, e.g. on the mini world, and says so)."""
+        rows = []
+        for r in self.reported:
+            same = r.dataset == self.dataset
+            ours = (measured.get(r.variant) or {}).get(r.metric) if same else None
+            rows.append(
+                {
+                    "variant": r.variant,
+                    "metric": r.metric,
+                    "paper": r.value,
+                    "ours": None if ours is None else float(ours),
+                    "delta": None if ours is None else round(float(ours) - r.value, 2),
+                    "setting": r.setting,
+                    "comparable": same,
+                    "source": r.source,
+                }
+            )
+        return rows
 
     @property
     def has_ablations(self) -> bool:
@@ -110,10 +148,18 @@ class PaperSpec:
         return dict(self.jobs[job].base)
 
     def chosen_variants(self, variants: list[str] | None, ablations: bool) -> list[str]:
-        """What a run trains: every variant with `ablations`, else `variants` (checked), else the paper's method."""
+        """What a run trains: every variant with `ablations`, else `variants` (checked), else the spec's
+        ``default_variants`` or the paper's method."""
         if ablations:
             return list(self.variants)
-        return self.check_variants(list(variants)) if variants else [self.main]
+        if variants:
+            return self.check_variants(list(variants))
+        return list(self.default_variants) or [self.main]
+
+    def registers(self, variant: str) -> bool:
+        """Whether `variant`'s model becomes a registered version: the paper's method only (an ablation row must never
+        become ``<paper>@champion``), or every variant of a paper without one method (CLIP4Clip's heads)."""
+        return variant == self.main if self.main else True
 
     def check_variants(self, chosen: list[str]) -> list[str]:
         """`chosen` if every name is a variant of this spec, else a `SpecError` naming the unknown ones."""
@@ -124,6 +170,13 @@ class PaperSpec:
             hint = "".join(close_matches(v, self.variants) for v in unknown)
             raise SpecError(f"unknown {unknown} for {self.paper}; choose from {list(self.variants)}{hint}")
         return chosen
+
+
+def _reported(row: Any, where: str) -> Reported:
+    if not isinstance(row, Mapping) or set(row) != {"variant", "metric", "value", "dataset", "setting", "source"}:
+        raise SpecError(f"{where}: a reported number needs variant, metric, value, dataset, setting, source: {row!r}")
+    strings = {k: str(row[k]) for k in ("variant", "metric", "dataset", "setting", "source")}
+    return Reported(value=float(row["value"]), **strings)
 
 
 def _spec_from(data: Mapping[str, Any], where: str) -> PaperSpec:
@@ -155,6 +208,7 @@ def _spec_from(data: Mapping[str, Any], where: str) -> PaperSpec:
         default_variants=tuple(data.get("default_variants") or ()),
         ablations=ablations,
         claims={str(k): str(v) for k, v in (data.get("claims") or {}).items()},
+        reported=tuple(_reported(r, where) for r in data.get("reported") or ()),
         extra=dict(data.get("extra") or {}),
     )
     named = {*spec.default_variants, *(r.variant for r in ablations), *([spec.main] if spec.main else [])}

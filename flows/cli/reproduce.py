@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli.common import JsonOpt
+from flows.cli.common import JsonOpt, require_prefect_database
 from flows.console import emit
 
 #: paper → (flow import path, default dataset)
@@ -117,6 +117,7 @@ def reproduce(
     if print_config:
         emit(flow_module.job_configs(size, user, **choice), as_json)
         return
+    require_prefect_database()  # a broken PREFECT_HOME database: one error now, not minutes of server retries
     flow_fn = getattr(flow_module, attr)
     kwargs: dict[str, Any] = {
         "dataset": dataset or default_dataset,
@@ -140,7 +141,7 @@ def reproduce(
 
 def _format_reproduce(r: dict[str, Any]) -> str:
     lines = [f"{r.get('paper')} on {r.get('dataset')} ({r.get('seconds')} s)"]
-    heads = r.get("heads") or {}
+    heads = r.get("variants") or {}
     width = max((len(name) for name in heads), default=0)
     for name, head in heads.items():
         parts = []

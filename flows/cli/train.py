@@ -135,7 +135,7 @@ def run(
     import ray
 
     from flows.console import emit
-    from infra.jobs import training_job
+    from infra.jobs import recipe_job
     from infra.ray_train import load_recipe_fn
     from infra.settings import get_settings
     from infra.training_job import TrainingJob, run_job
@@ -159,14 +159,13 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--run-name") from exc
     settings = get_settings()
-    fields = training_job(  # the default name: <recipe>-<config hash>, the same config, one job
-        paper=paper or recipe_key,
-        method=method or recipe_key,
-        who=recipe_key,
-        name=run_name,
-        recipe=recipe_key,
-        config=cfg,
-        root=storage.resolve_root(root or settings.run_root),
+    fields = recipe_job(  # the default name: <recipe>-<config hash>, the same config, one job
+        recipe_key,
+        cfg,
+        storage.resolve_root(root or settings.run_root),
+        run_name=run_name,
+        paper=paper,
+        method=method,
         metric=metric,
         higher_is_better=not lower_is_better,
         num_workers=workers,

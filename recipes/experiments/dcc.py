@@ -7,6 +7,7 @@ Spec: ``recipes/configs/dcc/mini-wtal.yaml`` — the mini DCC config, the per-si
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,66 @@ def table_row(variant: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
             row[f"{b}_fg_{phase}"] = get(f"{b}/phase/{phase}/fg")
     row["run_name"] = steps[-1]["run_name"]
     return row
+
+
+def dag_result(
+    key: str,
+    stages: Mapping[str, str],
+    main: list[dict[str, Any]],
+    scored: Mapping[str, Any],
+    ground_truth: str,
+) -> dict[str, Any]:
+    """What the DCC DAG returns of its main chain: the stages, the steps, the scored detections of the evaluated
+    branch, both branches' pseudo-label mIoU and phase coverage, the registered version."""
+    m = main[-1]["metrics"]
+    return {
+        "paper": PAPER,
+        "dataset": key,
+        **stages,
+        "steps": [{k: v for k, v in s.items() if k not in ("metrics", "model_dir")} for s in main],
+        "results": {
+            "branch": VARIANT_EVAL_BRANCH[MAIN_VARIANT],
+            "thumos": scored["thumos"],
+            "anet": scored["anet"],
+            "pseudo_miou": {b: m.get(f"{b}/pseudo/miou") for b in ("cbp", "vlp")},
+            "phase_fg": {
+                b: {p: m.get(f"{b}/phase/{p}/fg") for p in ("core", "edges", "context", "distractor", "empty")}
+                for b in ("cbp", "vlp")
+            },
+            "predictions": scored["predictions"],
+            "ground_truth": ground_truth,
+        },
+        "model_version": main[-1]["model_version"],
+        "paper_vs_ours": SPEC.paper_vs_ours({MAIN_VARIANT: main[-1]["metrics"]}),
+    }
+
+
+def check_request(dataset: str, size: str, flow_workers: int) -> None:
+    """The DAG's arguments, before any work (a `ValueError` / `SpecError` naming what is wrong)."""
+    if dataset != SPEC.dataset:
+        raise ValueError(
+            f"the DCC DAG runs on {SPEC.dataset} here (got {dataset!r}); real datasets: ingest + the recipe"
+        )
+    SPEC.check_size(size)
+    if flow_workers < 1:
+        raise ValueError(f"flow_workers must be >= 1, got {flow_workers}")
+
+
+def parent_summary(
+    key: str, main: list[dict[str, Any]], scored: Mapping[str, Any], table: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """What the DAG's parent MLflow run logs (`infra.results`): the main chain's final metrics and steps, the scored
+    detections, the ablation table."""
+    return {
+        "dataset": key,
+        "metrics": main[-1]["metrics"],
+        "scored": scored,
+        "steps": [{k: s[k] for k in ("step", "stage", "run_name", "run_id")} for s in main],
+        "ablations": table,
+        "paper_vs_ours": SPEC.paper_vs_ours({MAIN_VARIANT: main[-1]["metrics"]}),
+    }
+
+
+def final_file(steps: list[dict[str, Any]], name: str) -> str:
+    """A file the chain's final step wrote into its model folder (``timeline.json``, ``predictions_<branch>.json``)."""
+    return str(Path(steps[-1]["model_dir"]) / name)

@@ -108,3 +108,21 @@ def table_row(
         "pretrain_run": None if pretrain is None else pretrain["job"]["run_name"],
         "grounding_run": head["run_name"],
     }
+
+
+def results(main: dict[str, Any], grounding: dict[str, dict[str, Any]], retrieval: dict[str, Any]) -> dict[str, Any]:
+    """The DAG's result tables: each head's grounding recalls, retrieval transfer, the pre-training's metrics."""
+    return {
+        "grounding": {name: g["metrics"] for name, g in grounding.items()},
+        "retrieval": retrieval,
+        "pretrain": main["job"]["metrics"],
+    }
+
+
+def job_names(
+    main: dict[str, Any], grounding: dict[str, dict[str, Any]], table: list[dict[str, Any]] | None
+) -> list[str]:
+    """Every job behind the results (the summary run lists them)."""
+    jobs = [main["job"]["run_name"], *(g["run_name"] for g in grounding.values())]
+    jobs += [r[k] for r in table or () for k in ("pretrain_run", "grounding_run") if r.get(k)]
+    return sorted(set(jobs))

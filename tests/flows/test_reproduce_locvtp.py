@@ -68,7 +68,7 @@ def test_tiny_locvtp_dag_runs_end_to_end_and_reuses_finished_stages(tmp_path: Pa
 
 def _stub_pretrain(name: str, variant: dict[str, Any], register: bool) -> dict[str, Any]:
     assert register is False  # ablation jobs stay out of the registry
-    return {"job": {"run_name": f"pre-{name}"}, "features": {"stage_uri": f"feats-{name}"}, "variant": variant}
+    return {"job": {"run_name": f"pre-{name}"}, "features": f"feats-{name}", "variant": variant}
 
 
 def _stub_ground(name: str, method: str, features_uri: str, query_uri: str, register: bool) -> dict[str, Any]:

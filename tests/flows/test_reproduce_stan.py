@@ -115,9 +115,10 @@ def test_a_relative_root_rerun_after_a_failure_recovers_and_records_absolute_pat
 
 
 def test_ablation_table_rows_markdown_and_one_mlflow_summary_run(tmp_path: Path) -> None:
-    from flows.ablations import Row, build_table, log_table
+    from flows.tasks import log_ablation_table as log_table
     from infra.results import markdown_table
     from infra.tracking import Tracker
+    from recipes.experiments.retrieval import Row, build_table
 
     def report(r1: float) -> dict[str, Any]:
         block = {"R@1": r1, "R@5": r1 + 10, "R@10": r1 + 20, "MdR": 2.0, "MnR": 3.0}

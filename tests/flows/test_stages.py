@@ -1,4 +1,4 @@
-"""`stages.train_together`: a DAG's independent training jobs, `parallel_jobs` at a time, results in job order."""
+"""`scheduling.train_together`: a DAG's independent training jobs, `parallel_jobs` at a time, results in job order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flows import stages
+from flows import scheduling, stages
 
 
 class FakeFuture:
@@ -83,7 +83,7 @@ def test_jobs_run_two_at_a_time_on_half_the_cpus_and_come_back_in_order(settings
     task = FakeTask(seconds)
     jobs = [{"run_name": name} for name in seconds]
     t0 = time.monotonic()
-    out = stages.train_together(task, jobs)
+    out = scheduling.train_together(task, jobs)
     elapsed = time.monotonic() - t0
     assert [r["run_name"] for r in out] == list(seconds)
     assert task.peak == 2
@@ -95,7 +95,7 @@ def test_jobs_run_two_at_a_time_on_half_the_cpus_and_come_back_in_order(settings
 def test_one_job_at_a_time_is_a_plain_call_with_all_the_cpus(settings):
     settings("2", "1")
     task = FakeTask({"a": 0.0, "b": 0.0})
-    out = stages.train_together(task, [{"run_name": "a"}, {"run_name": "b"}])
+    out = scheduling.train_together(task, [{"run_name": "a"}, {"run_name": "b"}])
     assert task.peak == 1 and [r["cpus"] for r in out] == [2.0, 2.0]  # each lone job gets all of them
     assert task.submitted == [{"run_name": "a", "cpus_per_worker": 2.0}, {"run_name": "b", "cpus_per_worker": 2.0}]
 
@@ -105,7 +105,9 @@ def test_resources_handed_to_the_flow_win_over_the_settings(settings):
 
     settings("1", "1")
     task = FakeTask({"a": 0.1, "b": 0.1, "c": 0.1})
-    out = stages.train_together(task, [{"run_name": n} for n in "abc"], Resources(cpus_per_worker=4, parallel_jobs=2))
+    out = scheduling.train_together(
+        task, [{"run_name": n} for n in "abc"], Resources(cpus_per_worker=4, parallel_jobs=2)
+    )
     assert task.peak == 2 and [r["cpus"] for r in out] == [2.0, 2.0, 2.0]
     assert Resources.resolve(None, 3) == Resources(1.0, 3)  # the settings fill in what is not given
     with pytest.raises(ValueError, match="parallel_jobs"):
@@ -118,7 +120,7 @@ def test_a_failing_job_raises_its_error(settings):
     settings("2", "2")
     task = FakeTask({"a": 0.05, "b": 0.0, "c": 0.0}, fail="b")
     with pytest.raises(RuntimeError, match="job b failed"):
-        stages.train_together(task, [{"run_name": n} for n in "abc"])
+        scheduling.train_together(task, [{"run_name": n} for n in "abc"])
 
 
 def test_a_job_starts_only_after_the_jobs_it_names_and_does_not_block_the_others(settings):
@@ -126,7 +128,7 @@ def test_a_job_starts_only_after_the_jobs_it_names_and_does_not_block_the_others
     # a is slow and c needs it; b and d are free: when b ends, d (not c) takes the free slot, c waits for a
     task = FakeTask({"a": 0.3, "b": 0.05, "c": 0.05, "d": 0.05})
     jobs = [{"run_name": "a"}, {"run_name": "b"}, {"run_name": "c", "after": ["a"]}, {"run_name": "d"}]
-    out = stages.train_together(task, jobs)
+    out = scheduling.train_together(task, jobs)
     assert [r["run_name"] for r in out] == ["a", "b", "c", "d"]
     assert task.started["c"] >= task.ended["a"]
     assert task.started["d"] < task.ended["a"]  # the waiting job did not hold the window
@@ -140,14 +142,14 @@ def test_a_job_naming_a_later_or_unknown_job_is_refused_before_anything_runs(set
     task = FakeTask({"a": 0.0, "b": 0.0})
     for after in (["b"], ["zzz"]):  # b comes later (with one at a time it would run first), zzz is not a job
         with pytest.raises(ValueError, match="must run after"):
-            stages.train_together(task, [{"run_name": "a", "after": after}, {"run_name": "b"}])
+            scheduling.train_together(task, [{"run_name": "a", "after": after}, {"run_name": "b"}])
     assert task.submitted == []
 
 
 def test_one_at_a_time_drops_the_after_key_and_keeps_the_order(settings):
     settings("2", "1")
     task = FakeTask({"a": 0.0, "b": 0.0})
-    stages.train_together(task, [{"run_name": "a"}, {"run_name": "b", "after": ["a"]}])
+    scheduling.train_together(task, [{"run_name": "a"}, {"run_name": "b", "after": ["a"]}])
     assert [{k: v for k, v in job.items() if k != "cpus_per_worker"} for job in task.submitted] == [
         {"run_name": "a"},
         {"run_name": "b"},
@@ -155,30 +157,41 @@ def test_one_at_a_time_drops_the_after_key_and_keeps_the_order(settings):
 
 
 def test_every_clip4clip_variant_has_a_submission_slot():
-    from flows.reproduce_clip4clip import SUBMIT_ORDER, VARIANTS
+    from flows.reproduce_clip4clip import SPEC
 
-    assert sorted(SUBMIT_ORDER) == sorted(VARIANTS)
+    assert sorted(SPEC.extra["submit_order"]) == sorted(SPEC.variants)
 
 
 def test_clip4clip_prerequisites_are_added_and_submitted_first():
-    from flows.reproduce_clip4clip import DEFAULT_VARIANTS, NEEDS, SUBMIT_ORDER, VARIANTS, with_prerequisites
+    from flows.reproduce_clip4clip import SPEC
+    from recipes.experiments.retrieval import needs, submit_order, with_prerequisites
 
-    assert with_prerequisites(["tightTransf-seqText"]) == ["seqTransf", "tightTransf-seqText"]
-    assert with_prerequisites(["meanP", "tightTransf"]) == ["meanP", "tightTransf"]
-    assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and with_prerequisites(list(DEFAULT_VARIANTS)) == list(
-        DEFAULT_VARIANTS
-    )
-    for variant, (base, key) in NEEDS.items():
-        assert SUBMIT_ORDER.index(base) < SUBMIT_ORDER.index(variant)
+    assert with_prerequisites(SPEC, ["tightTransf-seqText"]) == ["seqTransf", "tightTransf-seqText"]
+    assert with_prerequisites(SPEC, ["meanP", "tightTransf"]) == ["meanP", "tightTransf"]
+    default = SPEC.chosen_variants(None, False)
+    assert default == list(SPEC.default_variants) and with_prerequisites(SPEC, default) == default
+    for variant, (base, key) in needs(SPEC).items():
+        assert SPEC.extra["submit_order"].index(base) < SPEC.extra["submit_order"].index(variant)
         assert key.startswith("model.")
+    # a prerequisite is handed to the trainer before its dependant whatever the spec's order says
+    order = submit_order(SPEC, with_prerequisites(SPEC, ["tightTransf-seqText", "meanP"]))
+    assert order.index("seqTransf") < order.index("tightTransf-seqText") and sorted(order) == sorted(
+        ["seqTransf", "tightTransf-seqText", "meanP"]
+    )
+
+
+def test_only_the_method_is_registered_unless_the_paper_has_none():
+    from flows.reproduce_clip4clip import SPEC as CLIP4CLIP
+    from flows.reproduce_stan import SPEC as STAN
+
+    assert [v for v in STAN.variants if STAN.registers(v)] == ["stan"]
+    assert all(CLIP4CLIP.registers(v) for v in CLIP4CLIP.variants)
 
 
 def test_one_mini_clip_size_table_for_every_dag() -> None:
     """`--size tiny` means the same (tiny) mini CLIP whichever paper runs: the sizes live in one spec
     (recipes/configs/mini-clip/mini-world.yaml), and no flow module keeps mini-CLIP budgets of its own."""
     from pathlib import Path
-
-    from flows import stages
 
     assert stages.mini_clip_overrides("tiny")["steps_per_epoch"] == 6
     assert stages.mini_clip_overrides("tiny", {"steps_per_epoch": 9})["steps_per_epoch"] == 9

@@ -44,6 +44,7 @@ def test_every_paper_logs_the_same_schema(tmp_path: Path) -> None:
                 rows=rows,
                 claims={"g": "full > ablated"},
                 metrics={"final/headline": 1.0, "final/missing": None},
+                paper_vs_ours=[{"variant": "v", "metric": "m", "paper": 40.0, "ours": None, "comparable": False}],
             )
         runs[paper] = run_id
     for paper, run_id in runs.items():
@@ -52,7 +53,13 @@ def test_every_paper_logs_the_same_schema(tmp_path: Path) -> None:
         assert (table["schema"], table["paper"], table["claims"]) == (SCHEMA, paper, {"g": "full > ablated"})
         assert len(table["rows"]) == len(RETRIEVAL_ROWS if paper == "stan" else WTAL_ROWS)
         results = json.loads(Path(tracker.client.download_artifacts(run_id, RESULTS_JSON, str(tmp_path))).read_text())
-        assert results == {"schema": SCHEMA, "paper": paper, "dataset": "mini", "results": {"headline": 1.0}}
+        assert results == {
+            "schema": SCHEMA,
+            "paper": paper,
+            "dataset": "mini",
+            "results": {"headline": 1.0},
+            "paper_vs_ours": [{"variant": "v", "metric": "m", "paper": 40.0, "ours": None, "comparable": False}],
+        }
         ui = json.loads(Path(tracker.client.download_artifacts(run_id, TABLE_UI, str(tmp_path))).read_text())
         assert len(ui["data"]) == len(table["rows"])  # written once, not appended on the rerun
         metrics = tracker.client.get_run(run_id).data.metrics
