@@ -25,7 +25,7 @@ from typing import Literal
 
 from pipelines.datasets.check import DatasetCheck
 from pipelines.datasets.files import DatasetFileError, FileIndex
-from pipelines.datasets.thumos14 import VideoSplit, check_video_splits
+from pipelines.datasets.videos import VideoSplit, check_video_splits
 from pipelines.datasets.wtal import ACTIVITYNET12, WTALDataset, clip_to_duration, load_activitynet12
 
 DATASET = "activitynet12"  # the registry's name (`pipelines.datasets.registry`)

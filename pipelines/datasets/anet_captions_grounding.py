@@ -22,7 +22,7 @@ from pathlib import Path
 from pipelines.datasets.check import DatasetCheck
 from pipelines.datasets.files import DatasetFileError, FileIndex, read_json
 from pipelines.datasets.grounding import GroundingQuery, activitynet_captions_rows, clamp_counts, clamp_query
-from pipelines.datasets.thumos14 import VideoSplit, check_video_splits
+from pipelines.datasets.videos import VideoSplit, check_video_splits
 
 DATASET = "activitynet-captions-grounding"
 SPLITS: tuple[str, ...] = ("train", "val_1", "val_2")

@@ -28,7 +28,7 @@ from pipelines.datasets.grounding import (
     clamp_query,
     read_charades_durations,
 )
-from pipelines.datasets.thumos14 import VideoSplit, check_video_splits
+from pipelines.datasets.videos import VideoSplit, check_video_splits
 
 DATASET = "charades-sta"
 SPLITS: tuple[str, ...] = ("train", "test")

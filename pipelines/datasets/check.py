@@ -11,6 +11,7 @@ gallery would differ from the paper's.
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +130,18 @@ class DatasetCheck:
             "splits": [s.to_json(max_ids) for s in self.splits],
             "notes": list(self.notes),
         }
+
+
+def split_check(
+    name: str, ids: Sequence[str], found: Container[str], unreadable: Container[str], **fields: Any
+) -> SplitCheck:
+    """A split's check from its annotated `ids` and which of them were `found` / probed `unreadable`; `fields` are the
+    other `SplitCheck` fields (captions, expected, source, is_test, …)."""
+    return SplitCheck(
+        name=name,
+        annotated=len(ids),
+        found=sum(v in found for v in ids),
+        missing=[v for v in ids if v not in found],
+        unreadable=[v for v in ids if v in unreadable],
+        **fields,
+    )

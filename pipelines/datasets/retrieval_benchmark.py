@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.datasets.check import DatasetCheck, SplitCheck
+from pipelines.datasets.check import DatasetCheck, split_check
 from pipelines.datasets.files import FileIndex, VideoIndex, probe_unreadable
 
 Role = Literal["train", "val", "test"]
@@ -114,24 +114,21 @@ def check_benchmark(
     videos = VideoIndex(files if video_dir is None else FileIndex(video_dir))
     found, notes = bench.locate(videos)
     unreadable = set(probe_unreadable(found, progress=progress)) if probe else set()
-    splits = []
-    for s in bench.splits:
-        ids = s.ids
-        splits.append(
-            SplitCheck(
-                name=s.name,
-                annotated=len(ids),
-                found=sum(v in found for v in ids),
-                missing=[v for v in ids if v not in found],
-                unreadable=[v for v in ids if v in unreadable],
-                captions=s.n_sentences,
-                expected=s.expected_videos,
-                source=s.source,
-                is_test=s.is_test,
-                queries=s.n_queries if s.n_queries != s.n_sentences else None,
-                expected_captions=s.expected_sentences,
-            )
+    splits = [
+        split_check(
+            s.name,
+            s.ids,
+            found,
+            unreadable,
+            captions=s.n_sentences,
+            expected=s.expected_videos,
+            source=s.source,
+            is_test=s.is_test,
+            queries=s.n_queries if s.n_queries != s.n_sentences else None,
+            expected_captions=s.expected_sentences,
         )
+        for s in bench.splits
+    ]
     return DatasetCheck(
         dataset=bench.dataset,
         data_dir=str(data_dir),

@@ -27,20 +27,21 @@ Quirks handled:
   end, segments starting at or after it dropped; ``check(probe=True)`` counts both.
 
 Files are found with `pipelines.datasets.files` (any folder shape; errors are one-line `DatasetFileError`s naming
-the file). `check_video_splits` at the end, the video side of ``data check``, serves every localization adapter
+the file). the video side of ``data check`` (`pipelines.datasets.videos`) serves every localization adapter
 (`activitynet12`, `charades_sta`, `anet_captions_grounding`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.datasets.check import DatasetCheck, SplitCheck
-from pipelines.datasets.files import AnnotationNotFound, DatasetFileError, FileIndex, VideoIndex, probe_unreadable
+from pipelines.datasets.check import DatasetCheck
+from pipelines.datasets.files import AnnotationNotFound, DatasetFileError, FileIndex
+from pipelines.datasets.videos import VideoSplit, check_video_splits, probe_durations, unreadable_ids
 from pipelines.datasets.wtal import (
     AMBIGUOUS,
     THUMOS14,
@@ -264,105 +265,10 @@ def check(data_dir: Path, video_dir: Path | None, probe: bool) -> DatasetCheck:
         notes.append(f"the W-TAL repos (BaSNet, UM) leave out {', '.join(dropped)}: load(exclude=UM_EXCLUDED_TEST)")
     result, found = check_video_splits(DATASET, data_dir, video_dir, probe, splits, notes, ann.files, index=index)
     if probe:
-        durations = probe_durations({v: p for v, p in found.items() if v not in _unreadable(result)})
+        durations = probe_durations({v: p for v, p in found.items() if v not in unreadable_ids(result)})
         _, clipped, emptied = clip_to_duration(ds, durations)
         result.notes.append(
             f"probed durations of {len(durations)} videos: {clipped} instances end past their video "
             f"(clip_to_duration cuts them), {emptied} start at or after its end (dropped)"
         )
     return result
-
-
-# --------------------------------------------------- the video side of data check (every localization adapter)
-
-
-@dataclass(frozen=True)
-class VideoSplit:
-    """One split as an adapter states it: its annotated videos, annotations (instances or sentence queries, as
-    written in the files) and the published counts."""
-
-    name: str
-    video_ids: tuple[str, ...]
-    annotations: int
-    expected: int | None
-    expected_annotations: int | None
-    source: str
-    is_test: bool
-
-
-def _same(video_id: str) -> tuple[str, ...]:
-    return (video_id,)
-
-
-def _unreadable(check: DatasetCheck) -> set[str]:
-    return {v for s in check.splits for v in s.unreadable}
-
-
-def check_video_splits(
-    dataset: str,
-    data_dir: Path,
-    video_dir: Path | None,
-    probe: bool,
-    splits: Sequence[VideoSplit],
-    notes: Sequence[str],
-    files: Mapping[str, Path],
-    file_names: Callable[[str], Sequence[str]] = _same,
-    index: FileIndex | None = None,
-) -> tuple[DatasetCheck, dict[str, Path]]:
-    """Look each split's videos up under `video_dir` (default `data_dir`, whose `index` may be passed) by the names
-    `file_names(video_id)` a downloaded file may carry (`VideoIndex`), probe the found ones when `probe`
-    (`probe_unreadable`), and report. Returns the check and video id → the file found."""
-    root_index = FileIndex(video_dir) if video_dir is not None else (index or FileIndex(data_dir))
-    videos = VideoIndex(root_index)
-    found: dict[str, Path] = {}
-    several = 0
-    for vid in sorted({v for s in splits for v in s.video_ids}):
-        match = videos.find(file_names(vid))
-        if match.path is not None:
-            found[vid] = match.path
-            several += match.candidates > 1
-    unreadable = set(probe_unreadable(found)) if probe else set()
-    checks = []
-    for s in splits:
-        ids = sorted(set(s.video_ids))
-        checks.append(
-            SplitCheck(
-                name=s.name,
-                annotated=len(ids),
-                found=sum(v in found for v in ids),
-                missing=[v for v in ids if v not in found],
-                unreadable=[v for v in ids if v in unreadable],
-                captions=s.annotations,
-                expected=s.expected,
-                source=s.source,
-                is_test=s.is_test,
-                expected_captions=s.expected_annotations,
-            )
-        )
-    extra = [f"{several} videos have several files; the first by extension preference, then path, is used"]
-    result = DatasetCheck(
-        dataset=dataset,
-        data_dir=str(data_dir),
-        splits=checks,
-        notes=[*notes, *(extra if several else [])],
-        video_dir=None if video_dir is None else str(video_dir),
-        probed=probe,
-        files={name: str(path) for name, path in files.items()},
-    )
-    return result, found
-
-
-def probe_durations(paths: Mapping[str, Path]) -> dict[str, float]:
-    """video id → duration in seconds from the project's probe (`pipelines.ffmpeg.probe`), for the videos whose
-    container gives one (unreadable ones are left out)."""
-    from pipelines.ffmpeg import ProbeError, probe
-
-    out: dict[str, float] = {}
-    for vid, path in sorted(paths.items()):
-        try:
-            duration = probe(path).duration
-        except ProbeError:
-            continue
-        if duration > 0:
-            out[vid] = duration
-    return out
