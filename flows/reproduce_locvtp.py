@@ -33,8 +33,6 @@ from models.config import merge, to_dict
 from pipelines import storage
 from recipes.experiments import locvtp as experiment
 from recipes.experiments.locvtp import (
-    ABLATIONS,
-    FULL_IN_GROUP,
     GROUNDING_METRIC,
     PAPER,
     PRETRAIN_METRIC,
@@ -42,7 +40,6 @@ from recipes.experiments.locvtp import (
     grounding_config,
     job_configs,
     pretrain_config,
-    table_row,
 )
 
 
@@ -123,49 +120,15 @@ def reproduce_locvtp(
     }
     table = None
     if ablations:
-        table = _ablation_table(pretrain, ground, retrieval_task, test_queries, query_uri, main, grounding, retrieval)
+        table = experiment.ablation_table(
+            pretrain, ground, retrieval_task, test_queries, query_uri, main, grounding, retrieval
+        )
     results = experiment.results(main, grounding, retrieval)
     summary_key = run_name(PAPER, {"results": results, "ablations": table}, part="summary", data=key)
     jobs = experiment.job_names(main, grounding, table)
     summary = {"dataset": key, "jobs": jobs, "results": results, "ablations": table}
     summary_run = cached_task(log_locvtp_summary, root)(root, summary_key, summary)
-    out: dict[str, Any] = {
-        "paper": PAPER,
-        "dataset": key,
-        "frames_stage": frames.uri,
-        "prefix_stage": main["prefix"],
-        "features": {"locvtp": main["features"], "baseline": query_uri},
-        "mini_clip": MiniClip.of(clip).summary(),
-        "pretrain": main["job"],
-        "grounding": grounding,
-        "retrieval": retrieval,
-        "summary_run_id": summary_run,
-        "seconds": round(time.monotonic() - start, 1),
-        "root": storage.join(root),
-    }
-    if table is not None:
-        out["ablations"] = table
-    return out
-
-
-def _ablation_table(
-    pretrain: Any,
-    ground: Any,
-    retrieval_task: Any,
-    test_queries: str,
-    query_uri: str,
-    main: dict[str, Any],
-    grounding: dict[str, Any],
-    retrieval: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """One row per (group, variant): the main run in every group, each ablation a pre-training + features + head."""
-    rows = [table_row("baseline", "no pre-training", None, grounding["baseline"], retrieval["baseline"])]
-    done: dict[str, dict[str, Any]] = {}
-    for name, (group, variant) in ABLATIONS.items():
-        pre = pretrain(name, variant, register=False)
-        head = ground(name, "locvtp-grounding", pre["features"], query_uri, register=False)
-        done[name] = table_row(group, name, pre, head, retrieval_task(pre["features"], test_queries))
-    for group, full_name in FULL_IN_GROUP.items():
-        rows.append(table_row(group, f"{full_name} (full)", main, grounding["locvtp"], retrieval["locvtp"]))
-        rows += [r for r in done.values() if r["group"] == group]
-    return rows
+    stage_uris = {"frames_stage": frames.uri, "prefix_stage": main["prefix"], "baseline_features": query_uri}
+    out = experiment.dag_result(key, stage_uris, main, grounding, retrieval, table)
+    out.update(mini_clip=MiniClip.of(clip).summary(), summary_run_id=summary_run)
+    return {**out, "seconds": round(time.monotonic() - start, 1), "root": storage.join(root)}

@@ -15,9 +15,8 @@ record* (``jsonlib``, ``object_decoder``: any importable callable, fed the resul
 ``{"__class__": …}`` objects into instances of the named class, a record is only reused when it names Prefect's plain
 JSON decoding, its result file lies inside the results folder, and its JSON names no class outside a few value types.
 
-Prefect's own database (``PREFECT_HOME/prefect.db``, used by the temporary API server a flow starts) is checked before
-a command starts a flow (`check_prefect_database`): a garbage file there made the server fail to start, retried for
-minutes with thousands of traceback lines.
+The checks of a record are `infra.cache_records`; Prefect's own database is checked before a command starts a flow
+(`infra.prefect_home`).
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +31,11 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.filesystems import LocalFileSystem
 
+from infra.cache_records import record_problem
 from pipelines import storage
 from pipelines.shards import StageIncompleteError, StageMismatchError
 
 log = logging.getLogger(__name__)
-
-
-class PrefectDatabaseError(RuntimeError):
-    """Prefect's local database cannot be used; the message names the file and what to do."""
 
 
 #: exceptions that mean "the input or the request is wrong": retrying cannot help
@@ -74,111 +67,14 @@ def result_storage(root: str) -> LocalFileSystem:
     return block
 
 
-#: result fields that hold a path or URI (besides any string that is an absolute local path)
-_PATH_FIELDS = ("uri", "dir", "path", "checkpoint", "csv", "annotations", "image_text", "root", "stage", "model")
-
-
-def _path_like_field(name: str) -> bool:
-    name = name.lower()
-    return any(name == f or name.endswith("_" + f) for f in _PATH_FIELDS)
-
-
-def _strings(value: Any, field: str = "") -> Iterator[tuple[str, str]]:
-    """Every (field name, string) pair in a JSON value; list items take their list's field name."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, str(k))
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v, field)
-    elif isinstance(value, str):
-        yield field, value
-
-
-def stale_reason(result: Any) -> str | None:
-    """Why a stored task result must not be reused, or None: it names a local path that is gone, or a relative path.
-
-    Checked: every string that is an absolute local path, and every string in a path-like field (``*_uri``,
-    ``*_dir``, ``checkpoint``, …) that looks like a path. Remote URIs are left to the stage's own commit marker,
-    which the task checks when it runs.
-    """
-    for field, text in _strings(result):
-        if "\n" in text or len(text) > 4096:
-            continue
-        if text.startswith("/"):
-            if not os.path.exists(text):
-                return f"{field or 'a value'} names {text}, which no longer exists"
-        elif text.startswith("file://"):
-            if not os.path.exists(text[len("file://") :]):
-                return f"{field or 'a value'} names {text}, which no longer exists"
-        elif _path_like_field(field) and "://" not in text and "/" in text and " " not in text:
-            return f"{field} names the relative path {text!r}, which resolves against the reader's working directory"
-    return None
-
-
-#: what a record's serializer must say for its result to be read: plain `json`, Prefect's default object decoder (it
-#: builds only the classes a result names, which `_foreign_class` checks), no extra loader arguments
-_JSON_READING = {
-    "type": "json",
-    "jsonlib": "json",
-    "object_decoder": "prefect.serializers.prefect_json_object_decoder",
-    "loads_kwargs": {},
-}
-#: modules whose classes a result may name in ``{"__class__": …}`` (values Prefect's JSON encoder wraps)
-_VALUE_MODULES = frozenset({"builtins", "pathlib", "datetime", "uuid", "decimal"})
-
-
-def _foreign_class(value: Any) -> str | None:
-    """The first ``__class__`` outside `_VALUE_MODULES` (or any ``__exc_type__``) in a JSON result, or None: Prefect's
-    decoder would import and build it."""
-    if isinstance(value, dict):
-        if "__exc_type__" in value:
-            return str(value["__exc_type__"])
-        name = value.get("__class__")
-        if name is not None and (not isinstance(name, str) or name.split(".", 1)[0] not in _VALUE_MODULES):
-            return str(name)
-        return next((c for c in map(_foreign_class, value.values()) if c is not None), None)
-    if isinstance(value, list):
-        return next((c for c in map(_foreign_class, value) if c is not None), None)
-    return None
-
-
-def _record_problem(meta: Any, results_dir: Path) -> tuple[str | None, Path | None]:
-    """(why a cache-key record must not be used or None, its result file if it lies in `results_dir`)."""
-    from prefect.results import ResultRecordMetadata
-
-    if not isinstance(meta, dict):
-        return "its record is not a JSON object", None
-    serializer = meta.get("serializer")
-    if not isinstance(serializer, dict) or serializer.get("type") != "json":
-        kind = serializer.get("type") if isinstance(serializer, dict) else serializer
-        return f"its result is stored as {kind!r}, not JSON", None
-    odd = {k: serializer.get(k) for k, v in _JSON_READING.items() if serializer.get(k, v) != v}
-    if odd:
-        return f"its record names another JSON decoding ({odd}), which would run code of its choosing", None
-    ResultRecordMetadata.load_bytes(json.dumps(meta).encode())  # what Prefect will parse: fail here, not there
-    key = meta["storage_key"]
-    if not isinstance(key, str) or not key:
-        return "its record has no result key", None
-    base = results_dir.resolve()
-    result_path = (base / key).resolve()  # an absolute key replaces the base
-    if base not in result_path.parents:
-        return f"its result path {key!r} is outside {base}", None
-    result = json.loads(result_path.read_bytes())
-    foreign = _foreign_class(result)
-    if foreign is not None:
-        return f"its result names the class {foreign!r}, which Prefect would import and build", result_path
-    return stale_reason(result), result_path
-
-
 @dataclass
 class CheckedCache(CachePolicy):
     """``INPUTS + TASK_SOURCE``, with the stored record checked before Prefect may reuse it (module docstring).
 
     `compute_key` is the one hook Prefect calls before it looks a record up, so the check lives there: a record that
-    is stale (`stale_reason`), unreadable, not JSON or not plain JSON (`_record_problem`) is deleted (with its result
-    file when that lies in the results folder, never a file elsewhere), and Prefect then finds no record and runs the
-    task, which writes a fresh one.
+    is stale (`stale_reason`), unreadable, not JSON or not plain JSON (`infra.cache_records.record_problem`) is
+    deleted (with its result file when that lies in the results folder, never a file elsewhere), and Prefect then
+    finds no record and runs the task, which writes a fresh one.
     """
 
     results_dir: str = ""
@@ -198,7 +94,7 @@ class CheckedCache(CachePolicy):
         try:
             if not meta_path.is_file():
                 raise ValueError("not a regular file")
-            reason, result_path = _record_problem(json.loads(meta_path.read_bytes()), Path(self.results_dir))
+            reason, result_path = record_problem(json.loads(meta_path.read_bytes()), Path(self.results_dir))
         except Exception as exc:  # whatever is wrong with a record, it is a miss, not a failed run
             reason = f"its record is unreadable ({type(exc).__name__}: {_first_line(exc)})"
             if result_path is None:
@@ -237,54 +133,6 @@ def _remove(path: Path) -> None:
             path.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not remove %s: %s", path, exc)
-
-
-def check_prefect_database() -> None:
-    """Raise `PrefectDatabaseError` naming the file and the fix if Prefect's local database cannot be opened.
-
-    Only for the local SQLite database the temporary API server uses (no ``PREFECT_API_URL``): a server's database
-    is the server's business. Cheap (the header and the schema table, read-only); a missing file is fine (Prefect
-    creates it), a locked one too (another run is using it).
-    """
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url:
-        return
-    home = Path(settings.home).expanduser()
-    if home.exists() and not home.is_dir():
-        raise PrefectDatabaseError(
-            f"PREFECT_HOME {home} is not a folder: remove or rename that file, or set PREFECT_HOME to a folder"
-        )
-    url = settings.server.database.connection_url
-    text = url.get_secret_value() if url is not None else ""
-    if not text.startswith("sqlite") or ":///" not in text:
-        return
-    path = text.split(":///", 1)[1].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return
-    db = Path(path).expanduser()
-    if not db.exists():
-        return
-    fix = (
-        "move it aside (or delete it) and Prefect starts a new one — this only loses Prefect's run history; the "
-        "cached task results under <run root>/.prefect are kept — or set PREFECT_HOME to another folder"
-    )
-    if not db.is_file():
-        raise PrefectDatabaseError(f"the Prefect database {db} is not a file: {fix}")
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2)
-        try:
-            con.execute("PRAGMA schema_version").fetchone()
-            con.execute("SELECT name, sql FROM sqlite_master").fetchall()
-        finally:
-            con.close()
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return  # in use by another run: not broken
-        raise PrefectDatabaseError(f"the Prefect database {db} cannot be read ({exc}): {fix}") from exc
-    except sqlite3.DatabaseError as exc:
-        raise PrefectDatabaseError(f"the Prefect database {db} is unusable ({exc}): {fix}") from exc
 
 
 def cache_policy(root: str) -> CachePolicy:

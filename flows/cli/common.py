@@ -19,7 +19,7 @@ class CliError(Exception):
 def require_prefect_database() -> None:
     """Before a command starts a Prefect flow: an unusable local Prefect database (``PREFECT_HOME/prefect.db``) is one
     `CliError` naming the file and what to do, instead of a temporary server that retries for minutes."""
-    from flows.runtime import PrefectDatabaseError, check_prefect_database
+    from infra.prefect_home import PrefectDatabaseError, check_prefect_database
 
     try:
         check_prefect_database()

@@ -126,3 +126,53 @@ def job_names(
     jobs = [main["job"]["run_name"], *(g["run_name"] for g in grounding.values())]
     jobs += [r[k] for r in table or () for k in ("pretrain_run", "grounding_run") if r.get(k)]
     return sorted(set(jobs))
+
+
+def ablation_table(
+    pretrain: Any,
+    ground: Any,
+    retrieval_task: Any,
+    test_queries: str,
+    query_uri: str,
+    main: dict[str, Any],
+    grounding: dict[str, Any],
+    retrieval: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One row per (group, variant): the main run in every group, each ablation a pre-training + features + head
+    (`pretrain`, `ground`, `retrieval_task`: the DAG's steps, called in order)."""
+    rows = [table_row("baseline", "no pre-training", None, grounding["baseline"], retrieval["baseline"])]
+    done: dict[str, dict[str, Any]] = {}
+    for name, (group, variant) in ABLATIONS.items():
+        pre = pretrain(name, variant, register=False)
+        head = ground(name, "locvtp-grounding", pre["features"], query_uri, register=False)
+        done[name] = table_row(group, name, pre, head, retrieval_task(pre["features"], test_queries))
+    for group, full_name in FULL_IN_GROUP.items():
+        rows.append(table_row(group, f"{full_name} (full)", main, grounding["locvtp"], retrieval["locvtp"]))
+        rows += [r for r in done.values() if r["group"] == group]
+    return rows
+
+
+def dag_result(
+    key: str,
+    stages: dict[str, str],
+    main: dict[str, Any],
+    grounding: dict[str, Any],
+    retrieval: dict[str, Any],
+    table: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """What the LocVTP DAG returns: its stages, the pre-training job, both grounding heads, retrieval transfer, the
+    ablation table (when run) and paper-vs-ours."""
+    out: dict[str, Any] = {
+        "paper": PAPER,
+        "dataset": key,
+        "frames_stage": stages["frames_stage"],
+        "prefix_stage": stages["prefix_stage"],
+        "features": {"locvtp": main["features"], "baseline": stages["baseline_features"]},
+        "pretrain": main["job"],
+        "grounding": grounding,
+        "retrieval": retrieval,
+        "paper_vs_ours": SPEC.paper_vs_ours({"full": main["job"]["metrics"]}),
+    }
+    if table is not None:
+        out["ablations"] = table
+    return out

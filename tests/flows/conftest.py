@@ -37,7 +37,7 @@ def relative_root(base: Path, cwd: str = "elsewhere") -> Iterator[tuple[str, Pat
 def assert_paths_absolute(root: Path, *outputs: Any) -> None:
     """Every path recorded under `root` (job records, model folders' job.json, Prefect's cached results) and in the
     flows' `outputs` is absolute and still resolves: the contract `storage.resolve_root` keeps."""
-    from flows.runtime import stale_reason
+    from infra.cache_records import stale_reason
 
     records = [*root.glob("jobs/*.json"), *root.glob("models/*/job.json"), *root.glob(".prefect/results/*")]
     assert any(p.parent.name == "jobs" for p in records), f"no job record under {root}"

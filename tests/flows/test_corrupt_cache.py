@@ -150,7 +150,7 @@ def test_the_database_check_accepts_sound_missing_and_busy_databases(tmp_path: P
         temporary_settings,
     )
 
-    from flows.runtime import PrefectDatabaseError, check_prefect_database
+    from infra.prefect_home import PrefectDatabaseError, check_prefect_database
 
     def check(db: Path) -> None:
         updates = {PREFECT_HOME: str(tmp_path), PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}

@@ -82,7 +82,7 @@ def _stub_retrieval(features_uri: str, test_queries: str) -> dict[str, Any]:
 
 
 def test_ablation_table_rows() -> None:
-    from flows.reproduce_locvtp import ABLATIONS, _ablation_table
+    from recipes.experiments.locvtp import ABLATIONS, ablation_table
 
     main = {"job": {"run_name": "pre-full"}}
     grounding = {
@@ -90,9 +90,7 @@ def test_ablation_table_rows() -> None:
         "baseline": {"metrics": {k: 10.0 for k in GROUNDING_KEYS}, "run_name": "head-base"},
     }
     retrieval = {"locvtp": _stub_retrieval("", ""), "baseline": _stub_retrieval("", "")}
-    rows = _ablation_table(
-        _stub_pretrain, _stub_ground, _stub_retrieval, "test.txt", "base", main, grounding, retrieval
-    )
+    rows = ablation_table(_stub_pretrain, _stub_ground, _stub_retrieval, "test.txt", "base", main, grounding, retrieval)
     assert [(r["group"], r["variant"]) for r in rows] == [
         ("baseline", "no pre-training"),
         ("losses", "lc-lf-lt (full)"), ("losses", "lc"), ("losses", "lc-lf"),

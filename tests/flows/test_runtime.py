@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from prefect import flow, task
 
-from flows.runtime import cached_task, prefect_dir, stale_reason
+from flows.runtime import cached_task, prefect_dir
+from infra.cache_records import stale_reason
 
 RUNS: list[str] = []
 
