@@ -4,6 +4,11 @@ with the default relative run root, while a second `vlrepro reproduce` runs on t
 Both must finish: each starts its own private local Ray (its own temporary folder, removed at exit) and neither
 attaches to the other's. The copy uses this checkout's virtual environment (``VENV=…``, its install step assumed
 done with ``-o``), so the test costs the two DAGs, not an install.
+
+The two runs are subprocesses that mostly wait (servers, Ray start-up, one-thread jobs), so when the session includes
+this test they are **started when collection finishes** (`start_early`, called from ``tests/conftest.py``) and run
+beside the rest of the suite; the test itself, collected last, waits for them and checks what they left. Run alone,
+it starts them itself. ``VLREPRO_TEST_DEMO_EARLY=0`` turns the early start off.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -50,58 +56,123 @@ def _ray_dirs(parent: Path) -> set[str]:
     return {p.name for p in parent.glob("ray-vlrepro-*")}
 
 
-@pytest.fixture
-def ray_parent() -> Iterator[Path]:
-    """A short folder of this test's own under /tmp (Ray's socket paths must fit 107 bytes) for both runs' Ray
-    folders, so that other Ray users of the host (another test, another session) cannot be mistaken for these two."""
-    folder = Path(tempfile.mkdtemp(prefix="vlr-demo-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+@dataclass
+class DemoRuns:
+    """The demo and the second run, started together, and the Ray folders seen while they ran."""
+
+    base: Path  # the runs' folders and logs
+    ray_parent: Path  # a short folder of its own under /tmp for both runs' Ray folders (socket paths ≤ 107 bytes)
+    tree: Path
+    other: Path
+    env: dict[str, str]
+    demo_argv: list[str]
+    demo: subprocess.Popen[bytes]
+    second: subprocess.Popen[bytes]
+    seen: set[str] = field(default_factory=set)
+    watcher: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Record the Ray folders of both runs while either runs (each must start a Ray of its own)."""
+        while self.demo.poll() is None or self.second.poll() is None:
+            self.seen |= _ray_dirs(self.ray_parent)
+            time.sleep(1)
+
+    def wait(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self.demo.poll() is None or self.second.poll() is None) and time.monotonic() < deadline:
+            time.sleep(1)
+        self.stop()
+        if self.watcher is not None:
+            self.watcher.join(timeout=5)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.ray_parent, ignore_errors=True)
+
+    def stop(self) -> None:
+        for proc in (self.demo, self.second):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+#: the runs started when collection finished (`start_early`), if any
+EARLY: DemoRuns | None = None
+
+
+def available() -> bool:
+    return shutil.which("make") is not None and (VENV / "bin" / "vlrepro").exists()
+
+
+def start() -> DemoRuns:
+    """Copy the tree, start `make demo SIZE=tiny` in the copy and, 5 s later, a second run with its own root."""
+    base = Path(tempfile.mkdtemp(prefix="vlr-demo-"))
+    ray_parent = Path(tempfile.mkdtemp(prefix="vlr-r-", dir="/tmp"))  # only these two runs' Ray folders land here
+    tree, other = base / "clone", base / "other"
+    tree.mkdir()
+    other.mkdir()
+    _working_tree(tree)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(base / "prefect-home")  # one user's home, shared by both runs as it would be
+    env["VLREPRO_RAY_TEMP_PARENT"] = str(ray_parent)
+    demo_argv = ["make", "-o", str(VENV / ".installed"), "demo", "SIZE=tiny", f"VENV={VENV}"]
+    with open(base / "demo.log", "wb") as demo_log, open(base / "other.log", "wb") as other_log:
+        demo = subprocess.Popen(
+            demo_argv, cwd=tree, env=env, stdout=demo_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        time.sleep(5)  # the second run starts while the first one is setting up
+        second_argv = [str(VENV / "bin" / "vlrepro"), "reproduce", "stan", "--size", "tiny", "--root", "runs", "--json"]
+        second = subprocess.Popen(
+            second_argv, cwd=other, env=env, stdout=other_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    runs = DemoRuns(base, ray_parent, tree, other, env, demo_argv, demo, second)
+    runs.watcher = threading.Thread(target=runs.watch, daemon=True)
+    runs.watcher.start()
+    return runs
+
+
+def start_early() -> None:
+    """Start the runs now (the session includes this test), so that they overlap the rest of the suite."""
+    global EARLY
+    if EARLY is None and available():
+        EARLY = start()
+
+
+def stop_early() -> None:
+    """At the session's end: never leave the runs behind (the test did not run, or stopped before waiting)."""
+    if EARLY is not None:
+        EARLY.stop()
+        EARLY.remove()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_shares_the_host(
-    tmp_path: Path, ray_parent: Path
-) -> None:
-    if shutil.which("make") is None or not (VENV / "bin" / "vlrepro").exists():
+def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_shares_the_host() -> None:
+    if not available():
         pytest.skip("needs make and the project's virtual environment")
-    tree = tmp_path / "clone"
-    _working_tree(tree)
-    other = tmp_path / "other"
-    other.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VLREPRO_RUN_ROOT", "PREFECT_API_URL")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # one user's home, shared by both runs as it would be
-    env["VLREPRO_RAY_TEMP_PARENT"] = str(ray_parent)
+    runs = EARLY or start()
+    try:
+        _check_runs(runs)
+    finally:
+        runs.stop()
+        runs.remove()
 
-    stamp = VENV / ".installed"
-    demo_argv = ["make", "-o", str(stamp), "demo", "SIZE=tiny", f"VENV={VENV}"]
-    with open(tmp_path / "demo.log", "wb") as demo_log, open(tmp_path / "other.log", "wb") as other_log:
-        demo = subprocess.Popen(demo_argv, cwd=tree, env=env, stdout=demo_log, stderr=subprocess.STDOUT)
-        time.sleep(5)  # the second run starts while the first one is setting up
-        second_argv = [str(VENV / "bin" / "vlrepro"), "reproduce", "stan", "--size", "tiny", "--root", "runs", "--json"]
-        second = subprocess.Popen(second_argv, cwd=other, env=env, stdout=other_log, stderr=subprocess.STDOUT)
-        seen: set[str] = set()
-        deadline = time.monotonic() + 1100
-        while (demo.poll() is None or second.poll() is None) and time.monotonic() < deadline:
-            seen |= _ray_dirs(ray_parent)
-            time.sleep(1)
-        for proc in (demo, second):
-            if proc.poll() is None:
-                proc.kill()
-    demo_out = (tmp_path / "demo.log").read_text(errors="replace")
-    other_out = (tmp_path / "other.log").read_text(errors="replace")
-    assert demo.returncode == 0, demo_out[-4000:]
-    assert second.returncode == 0, other_out[-4000:]
+
+def _check_runs(runs: DemoRuns) -> None:
+    runs.wait(1100)
+    demo_out = (runs.base / "demo.log").read_text(errors="replace")
+    other_out = (runs.base / "other.log").read_text(errors="replace")
+    assert runs.demo.returncode == 0, demo_out[-4000:]
+    assert runs.second.returncode == 0, other_out[-4000:]
     for text in (demo_out, other_out):
         assert "multiple active Ray instances" not in text
 
     # each run started a Ray of its own, and removed its temporary folder at exit
-    assert len(seen) >= 2, seen
-    assert not _ray_dirs(ray_parent), "a run left its Ray temporary folder behind"
+    assert len(runs.seen) >= 2, runs.seen
+    assert not _ray_dirs(runs.ray_parent), "a run left its Ray temporary folder behind"
 
     # the demo's relative root is the copy's runs/, and everything it recorded there is absolute
-    root = tree / "runs"
+    root = runs.tree / "runs"
     records = list(root.glob("jobs/*.json"))
     assert len(records) == 7, [p.name for p in records]  # the mini CLIP and the six default heads
     for path in records:
@@ -120,11 +191,11 @@ def test_make_demo_tiny_from_a_copy_with_the_relative_root_while_another_run_sha
 
     # the second run, on its own root in its own folder
     result = json.loads(other_out.strip().splitlines()[-1])
-    assert result["paper"] == "stan" and result["root"] == str(other / "runs")
+    assert result["paper"] == "stan" and result["root"] == str(runs.other / "runs")
 
     # the same command again reuses every stage and job: records untouched, no new MLflow run
     records_before = {p.name: p.read_bytes() for p in root.glob("jobs/*.json")}
-    again = subprocess.run(demo_argv, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(runs.demo_argv, cwd=runs.tree, env=runs.env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in root.glob("jobs/*.json")} == records_before
     _check_clip4clip_heads(root)

@@ -104,7 +104,7 @@ def test_resources_handed_to_the_flow_win_over_the_settings(settings):
     from infra.settings import Resources
 
     settings("1", "1")
-    task = FakeTask({"a": 0.1, "b": 0.1, "c": 0.1})
+    task = FakeTask({"a": 0.5, "b": 0.5, "c": 0.5})  # long enough to overlap on a loaded machine
     out = scheduling.train_together(
         task, [{"run_name": n} for n in "abc"], Resources(cpus_per_worker=4, parallel_jobs=2)
     )
