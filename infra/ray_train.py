@@ -28,6 +28,11 @@ Checkpoint / resume contract (reliability notes §2.3 #16–#21, §3 item 4):
 - **Worker errors surface as `TrainingError`**, whose message names the rank and the original exception type and
   message (Ray's own error text buries them in tracebacks); the Ray error is kept as ``__cause__``.
 
+**Devices** (`ScalingSpec.for_device`): the recipe's ``train.device`` decides the worker group — ``cpu``: CPU workers
+and gloo; ``cuda``: one GPU per worker and NCCL (on a private local Ray without enough GPUs an error, never a wait
+that cannot end); ``auto`` (the default): GPUs when the cluster has one per worker, else CPUs, so a CPU-only machine
+trains exactly as before. Each worker then takes the device Ray gave it (`models.engine.device.resolve_device`).
+
 Workers build their recipe themselves from an importable ``"package.module:function"`` path plus a JSON-able dict, so
 nothing large is pickled from the driver and the same call works on a remote cluster (``RAY_ADDRESS``).
 """
@@ -44,7 +49,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from models.engine.device import DEVICES, DeviceUnavailableError, resolve_device
 from models.engine.loop import Recipe, Trainer, seed_everything
 
 RecipeFn = Callable[[dict[str, Any]], Recipe]
@@ -83,13 +89,23 @@ _CONNECT_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class ScalingSpec:
-    """How many workers and what each holds. Gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``."""
+    """How many workers and what each holds: CPUs and gloo, or GPUs and NCCL (``use_gpu``).
+
+    ``use_gpu=True`` asks for GPUs whatever the recipe says; otherwise `fit` decides from the recipe's
+    ``train.device`` (`for_device`): ``cpu`` never, ``cuda`` always, ``auto`` when the Ray cluster has a GPU for
+    every worker.
+    """
 
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # only when use_gpu
     collective_timeout_s: int = 1800  # torch process-group timeout (TorchConfig default); short in tests (#20)
+
+    @property
+    def backend(self) -> str:
+        """torch.distributed backend of the worker group: NCCL between GPUs, gloo between CPUs."""
+        return "nccl" if self.use_gpu else "gloo"
 
     def to_ray(self) -> ScalingConfig:
         if self.num_workers < 1:
@@ -99,6 +115,44 @@ class ScalingSpec:
         if self.use_gpu:
             resources["GPU"] = self.gpus_per_worker
         return ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=resources)
+
+    def torch_config(self) -> TorchConfig:
+        return TorchConfig(backend=self.backend, timeout_s=self.collective_timeout_s)
+
+    def for_device(self, device: str, cluster_gpus: float, can_autoscale: bool = False) -> ScalingSpec:
+        """This spec with ``use_gpu`` decided by the recipe's ``train.device`` and the cluster's GPU count.
+
+        ``can_autoscale``: a remote cluster may add GPU nodes on demand, so too few GPUs now only warns; a private
+        local Ray never grows, and waiting for GPUs it lacks would hang, so that is an error naming the fix.
+        """
+        if device not in DEVICES:
+            raise ValueError(f"train.device must be one of {', '.join(DEVICES)}; got {device!r}")
+        need = self.num_workers * self.gpus_per_worker
+        if device == "cpu":
+            if self.use_gpu:
+                raise ValueError("use_gpu=True contradicts train.device=cpu: drop one of them")
+            return self
+        if device == "cuda" or self.use_gpu:
+            if cluster_gpus < need:
+                message = (
+                    f"{self.num_workers} GPU worker(s) need {need:g} GPU(s); this Ray cluster has {cluster_gpus:g}"
+                )
+                if not can_autoscale:
+                    raise DeviceUnavailableError(
+                        f"train.device={device}: {message}; fix: fewer workers, RAY_ADDRESS of a cluster with GPUs, "
+                        "or --set train.device=cpu (or auto)"
+                    )
+                logger.warning("%s: waiting for the cluster to provide them", message)
+            return replace(self, use_gpu=True)
+        use_gpu = cluster_gpus >= need  # auto
+        if not use_gpu and cluster_gpus > 0:
+            logger.warning(
+                "train.device=auto: %d worker(s) need %g GPU(s), the cluster has %g: training on CPUs",
+                self.num_workers,
+                need,
+                cluster_gpus,
+            )
+        return replace(self, use_gpu=use_gpu)
 
 
 @dataclass(frozen=True)
@@ -131,6 +185,9 @@ class FitResult:
     # ``report.json`` in the final checkpoint: the workers' evaluation of the final weights (None for runs recorded
     # before it existed). The driver reads it instead of evaluating again: on a cluster the driver may have no GPU.
     report_path: str | None = None
+    # where the workers trained: "cpu" or "cuda" (`ScalingSpec.for_device`), and how many (the ledger's device count)
+    device: str = "cpu"
+    num_workers: int = 1
 
 
 class TrainingError(RuntimeError):
@@ -290,11 +347,12 @@ def fit(
     ``inject_failure`` (tests only) takes the fields of `_FailureInjection`. ``restore_rng=False`` exists only as the
     negative control of the resume test.
     """
-    load_recipe_fn(recipe_fn)  # fail on the driver, not on every worker, for a typo
+    build_recipe = load_recipe_fn(recipe_fn)  # fail on the driver, not on every worker, for a typo
     try:
         config = json.loads(json.dumps(dict(recipe_config), sort_keys=True))  # JSON-able, and as stored
     except TypeError as e:
         raise TypeError(f"recipe_config must be JSON-serialisable: {e}") from e
+    device = build_recipe(config).train.device  # cheap: recipes load their data lazily
     failure = _FailureInjection(**inject_failure) if inject_failure is not None else None
     scaling_config = scaling.to_ray()  # validates before anything is written
     spec = {"recipe_fn": recipe_fn, "recipe_config": config, "num_workers": scaling.num_workers}
@@ -315,6 +373,9 @@ def fit(
         _write_json(fs, f"{run_dir}/{RUN_RECORD}", {"version": _RECORD_VERSION, "spec": spec, "result": None})
 
     connect(ray_address)
+    remote = bool(ray_address or os.environ.get("RAY_ADDRESS"))
+    scaling = scaling.for_device(device, float(ray.cluster_resources().get("GPU", 0.0)), can_autoscale=remote)
+    scaling_config = scaling.to_ray()
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
@@ -324,7 +385,7 @@ def fit(
             "failure": failure,
             "restore_rng": restore_rng,
         },
-        torch_config=TorchConfig(timeout_s=scaling.collective_timeout_s),
+        torch_config=scaling.torch_config(),  # gloo on CPUs, NCCL on GPUs
         scaling_config=scaling_config,
         run_config=RunConfig(
             name=run.name,
@@ -352,6 +413,8 @@ def fit(
         run_name=run.name,
         resumes=saved["resumes"],
         report_path=f"{checkpoint_uri}/{REPORT_FILE}" if has_report else None,
+        device="cuda" if scaling.use_gpu else "cpu",
+        num_workers=scaling.num_workers,
     )
     result_fields = asdict(out)
     result_fields.pop("reused")
@@ -530,7 +593,9 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     if cpus:
         torch.set_num_threads(max(1, int(cpus)))
     seed_everything(recipe.train.seed)
-    trainer = Trainer(recipe, recipe.build_model(), rank, world, device=ray.train.torch.get_device())
+    # train.device against what Ray gave this worker: a GPU only when the job has use_gpu (`ScalingSpec.for_device`)
+    device = resolve_device(recipe.train.device, assigned=ray.train.torch.get_device())
+    trainer = Trainer(recipe, recipe.build_model(), rank, world, device=device)
     history: list[dict[str, float]] = []
     resumes = 0
     checkpoint = ray.train.get_checkpoint()

@@ -33,6 +33,7 @@ from infra import ray_train
 from infra.registry import Registry
 from infra.settings import get_settings
 from infra.tracking import Tracker, run_guard
+from models.common.metrics.retrieval import BLOCK_RANKS
 from pipelines import shards, storage
 from recipes import RECIPES
 
@@ -50,7 +51,7 @@ class TrainingJob:
     metric: str = "t2v/R@1"  # champion metric, a key of the recipe's evaluation
     higher_is_better: bool = True
     num_workers: int = 1
-    use_gpu: bool = False
+    use_gpu: bool = False  # True: GPU workers (NCCL) whatever train.device says; else train.device decides
     max_failures: int = 1
     register: bool = True
     dataset_stage: str | None = None  # stage whose manifest is the run's dataset input
@@ -150,7 +151,8 @@ def _plots(tracker: Tracker, run_id: str, report: dict[str, Any]) -> None:
 
 
 def _jsonable(report: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in report.items() if k != "ranks"}, default=float))
+    """The report without its per-query rank arrays (they stay in the checkpoint's ``report.json``)."""
+    return json.loads(json.dumps({k: v for k, v in report.items() if k not in ("ranks", BLOCK_RANKS)}, default=float))
 
 
 def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
@@ -229,6 +231,8 @@ def run_job(job: TrainingJob, ray_address: str | None = None) -> dict[str, Any]:
         "report": _jsonable(report) if report else {},
         "history": fit.history,
         "resumes": fit.resumes,
+        "device": fit.device,  # where the workers trained (train.device, use_gpu and the cluster's GPUs decide)
+        "num_workers": fit.num_workers,
         "checkpoint": fit.checkpoint_path,
         "model_dir": str(model_dir) if storage.is_local(model_uri) else model_uri,
         "registered": registered,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models.common.clip import tokenize
-from models.common.metrics.retrieval import retrieval_report
+from models.common.metrics.retrieval import BLOCK_RANKS, recall_metrics, retrieval_ranks
 from models.config import ConfigError
 from models.config import build as build_config
 from models.engine.loop import Batch, TrainConfig
@@ -169,13 +169,17 @@ def evaluate_retrieval(
     t2v_rep = report(sim_t2v.cpu().numpy(), ev, subsets)
     v2t_rep = report(sim_v2t.cpu().numpy(), ev, subsets)
     ranks = {"t2v": t2v_rep.pop("ranks")["t2v"], "v2t": v2t_rep.pop("ranks")["v2t"]}
+    t2v_blocks, v2t_blocks = t2v_rep.pop(BLOCK_RANKS), v2t_rep.pop(BLOCK_RANKS)
+    block_ranks = {name: {"t2v": t2v_blocks[name]["t2v"], "v2t": v2t_blocks[name]["v2t"]} for name in t2v_blocks}
     out = _merge_directions(t2v_rep, v2t_rep)
-    if bank is not None:
-        out["no_sinkhorn"] = retrieval_report(raw.cpu().numpy(), ev.caption_video)
+    scorings = {"no_sinkhorn": raw} if bank is not None else {}
     if len(levels) > 1:
-        for name, sim in levels.items():
-            out[f"level-{name}"] = retrieval_report(sim.cpu().numpy(), ev.caption_video)
+        scorings.update({f"level-{name}": sim for name, sim in levels.items()})
+    for name, sim in scorings.items():  # per-query ranks kept for the claims' paired bootstrap
+        block_ranks[name] = retrieval_ranks(sim.cpu().numpy(), ev.caption_video)
+        out[name] = {direction: recall_metrics(r) for direction, r in block_ranks[name].items()}
     out["ranks"] = ranks
+    out[BLOCK_RANKS] = block_ranks
     return out
 
 

@@ -11,8 +11,12 @@ Implements the CLIP pieces the five papers need beyond open_clip's `encode_image
 - word-level text features at every position with a padding mask (UCoFiA / X-CLIP word features, masked here where
   the official code forgets) and text encoding from token *embeddings* for prompt learning (DCC, after
   Efficient-Prompt `model.py`: open_clip has no public API for it);
-- weights: OpenAI's via open_clip (where the hub is reachable), a local checkpoint in any open_clip format or the
-  project's own `torch.save(backbone.state_dict())`, or random init; `WeightsUnavailableError` offline;
+- weights (`build_clip`, the one loading path): a tag such as ``openai`` for `ViT-B-32-quickgelu` /
+  `ViT-B-16-quickgelu` (OpenAI's ``ViT-B-32.pt`` already in the URL cache ``~/.cache/clip``, SHA-checked, else the
+  Hugging Face hub), a local file — OpenAI's TorchScript archive, an open_clip / OpenAI state dict (``.pt``/``.bin``,
+  ``.safetensors``, nested or prefixed) or the project's own `torch.save(backbone.state_dict())` — or random init.
+  Offline without a cached file: one `WeightsUnavailableError` naming
+  ``--set model.clip.pretrained=/path/to/ViT-B-32.pt``;
 - CLIP frame normalisation (`preprocess_frames`): the one place in the project that knows CLIP's mean and std.
 
 Registered architectures (JSON in `clip_configs/`, added to open_clip's registry on import, idempotently):
@@ -42,7 +46,10 @@ open_clip quirks handled here:
 - Transformer stacks may be batch-first (the default in recent open_clip) or sequence-first (`batch_first=False`,
   older releases); both are handled and every tensor this wrapper returns is batch-first.
 - `torch.load(weights_only=True)` refuses TorchScript archives (OpenAI's original `ViT-B-32.pt`); those are read with
-  `torch.jit.load`, whose deserialiser runs no pickled Python. Nothing else is ever unpickled.
+  `torch.jit.load`, whose deserialiser runs no pickled Python. Nothing else is ever unpickled. OpenAI's files keep
+  most weights in float16 and carry three scalar entries (``input_resolution``, ``context_length``, ``vocab_size``):
+  the scalars are dropped and the weights copied into the float32 model, as open_clip's OpenAI loader does
+  (`tests/models/test_clip_weights.py` builds such files and checks both loaders agree).
 - Only the plain ViT class-token path is supported (no attentional pooler, `avg` pooling, patch dropout, timm or
   ResNet towers, HF or CoCa text towers): methods index the CLS token and all N patches, so anything else raises.
 """
@@ -50,6 +57,7 @@ open_clip quirks handled here:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import warnings
@@ -481,18 +489,53 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _unavailable(arch: str, tag: str, reason: str) -> WeightsUnavailableError:
+#: where a user's recipe sets the CLIP checkpoint (CLIP4Clip, STAN, UCoFiA, LocVTP: `model.clip`; DCC:
+#: `model.vlp.clip`): the fix the offline error names
+PRETRAINED_KEY = "model.clip.pretrained"
+
+
+def _weights_file_name(arch: str, tag_cfg: Mapping[str, Any]) -> str:
+    """The file name users download for a tag: OpenAI's ``ViT-B-32.pt`` for ``openai``, else ``<arch>.pt``."""
+    url = str(tag_cfg.get("url") or "")
+    return url.rsplit("/", 1)[-1] if url else f"{arch}.pt"
+
+
+def _unavailable(arch: str, tag: str, reason: str, tag_cfg: Mapping[str, Any]) -> WeightsUnavailableError:
     reason = " ".join(reason.split())[:200]
+    name = _weights_file_name(arch, tag_cfg)
+    url = tag_cfg.get("url")
+    where = f" (from {url})" if url else ""
     return WeightsUnavailableError(
         f"CLIP weights {arch}/{tag} cannot be fetched ({reason}); fix: set pretrained to a local checkpoint path, "
-        f"run where the Hugging Face hub is reachable (HF_HUB_OFFLINE unset), or use arch 'vlrepro-mini' with the "
-        f"checkpoint of the project's own mini-CLIP pre-training stage"
+        f"e.g. download {name}{where} and pass --set {PRETRAINED_KEY}=/path/to/{name} (an OpenAI TorchScript .pt "
+        f"or any open_clip state dict), or run where the Hugging Face hub is reachable (HF_HUB_OFFLINE unset), or use "
+        f"arch 'vlrepro-mini' with the checkpoint of the project's own mini-CLIP pre-training stage"
     )
 
 
+def _cached_url_file(tag_cfg: Mapping[str, Any], cache_dir: str | None) -> Path | None:
+    """A tag's URL download already on disk (OpenAI's own `clip.load` and open_clip keep ``~/.cache/clip/ViT-B-32.pt``),
+    checked against the SHA-256 prefix in OpenAI's URL; None when absent or different. Needs no network."""
+    url = str(tag_cfg.get("url") or "")
+    if "openaipublic" not in url:
+        return None
+    path = Path(cache_dir or "~/.cache/clip").expanduser() / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        return None
+    expected = url.split("/")[-2]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(expected):
+        log.warning("%s does not match the SHA-256 in %s: ignored", path, url)
+        return None
+    return path
+
+
 def _resolve_weights(cfg: ClipConfig, model_cfg: Mapping[str, Any]) -> Path | None:
-    """The checkpoint file `cfg.pretrained` names (downloading a tag), or None for random init. Runs before the model
-    is built so that a bad setting fails fast."""
+    """The checkpoint file `cfg.pretrained` names (a tag: OpenAI's file already in the URL cache, else downloaded from
+    the hub), or None for random init. Runs before the model is built so that a bad setting fails fast."""
     if cfg.pretrained is None:
         return None
     tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained)
@@ -502,14 +545,17 @@ def _resolve_weights(cfg: ClipConfig, model_cfg: Mapping[str, Any]) -> Path | No
                 f"pretrained={cfg.pretrained!r} was trained with QuickGELU but {cfg.arch} uses GELU "
                 f"(open_clip would only warn); use arch '{cfg.arch}-quickgelu'"
             )
+        cached = _cached_url_file(tag_cfg, cfg.cache_dir)
+        if cached is not None:
+            return cached
         if _env_flag("HF_HUB_OFFLINE") and not tag_cfg.get("hf_hub"):
-            raise _unavailable(cfg.arch, cfg.pretrained, "HF_HUB_OFFLINE is set and the tag has only a URL")
+            raise _unavailable(cfg.arch, cfg.pretrained, "HF_HUB_OFFLINE is set and the tag has only a URL", tag_cfg)
         try:
             path = open_clip.download_pretrained(tag_cfg, cache_dir=cfg.cache_dir)
         except Exception as exc:  # hub errors come as RuntimeError, FileNotFoundError, OSError, HTTP errors
-            raise _unavailable(cfg.arch, cfg.pretrained, f"{type(exc).__name__}: {exc}") from exc
+            raise _unavailable(cfg.arch, cfg.pretrained, f"{type(exc).__name__}: {exc}", tag_cfg) from exc
         if not path:
-            raise _unavailable(cfg.arch, cfg.pretrained, "open_clip returned no file")
+            raise _unavailable(cfg.arch, cfg.pretrained, "open_clip returned no file", tag_cfg)
         return Path(path)
     path = Path(cfg.pretrained).expanduser()
     if not path.is_file():
@@ -525,6 +571,10 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
     if state_dict and all(k.startswith(prefix) for k in state_dict):
         return {k[len(prefix) :]: v for k, v in state_dict.items()}
     return state_dict
+
+
+#: scalar entries of OpenAI's checkpoints (open_clip's `build_model_from_openai_state_dict` drops them too)
+_OPENAI_SCALARS = ("input_resolution", "context_length", "vocab_size")
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -552,8 +602,6 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI's JIT scalars, not parameters
-            obj.pop(key, None)
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -563,6 +611,8 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state_dict = dict(obj)
     for prefix in ("module.", "_orig_mod.", "model."):
         state_dict = _strip_prefix(state_dict, prefix)
+    for key in _OPENAI_SCALARS:  # in OpenAI's archives (and state dicts taken from them), not parameters
+        state_dict.pop(key, None)
     return state_dict
 
 

@@ -11,11 +11,18 @@ A method plugs in through two small protocols:
 progress (epoch, global step, batch within the epoch = the data position) and the torch RNG state. Because batches
 are a pure function of ``(seed, epoch, rank, start)``, restoring that state and replaying from the data position
 reproduces an uninterrupted run exactly (on CPU). The loop never logs or touches files: metrics go to a callback.
+
+Where and how (`models.engine.device`): ``train.device`` (``auto`` | ``cpu`` | ``cuda``) places model and batches,
+``train.precision`` (``fp32`` | ``bf16``) runs forward and loss under bfloat16 autocast, and ``train.prefetch_batches``
+assembles batches ahead in a background thread (pinned for a GPU). The defaults — ``auto`` (the CPU where there is no
+GPU), ``fp32``, no prefetch — are the float32 CPU path, bit for bit.
 """
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from models.common import distributed
+from models.engine.device import DeviceName, Precision, autocast, resolve_device
 from models.engine.optim import OptimConfig, build_optimizer, build_scheduler
 
 Batch = Mapping[str, Any]
@@ -47,6 +55,15 @@ class TrainConfig:
     seed: int = 42  # CLIP4Clip official seed
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval_every_epochs: int = 1  # evaluate (rank 0) after every n-th epoch and after the last
+    # "auto": a GPU where this process (a Ray worker: one with use_gpu) has one, else the CPU; "cpu"; "cuda" (or an
+    # error naming the fix). Official code trains on GPUs; the mini world on CPU (models/engine/device.py).
+    device: DeviceName = "auto"
+    # "bf16": forward + loss under bfloat16 autocast, float32 weights/gradients/optimiser (the papers used fp16 AMP);
+    # "fp32": the exact float32 path.
+    precision: Precision = "fp32"
+    # batches assembled ahead in a background thread (0: in the loop). The same batches in the same order; a recipe's
+    # batches must draw randomness from their own seeded generators (they do: engine contract), not torch's global RNG.
+    prefetch_batches: int = 0
 
 
 class Recipe(Protocol):
@@ -96,6 +113,65 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: move(v) for k, v in batch.items()}
 
 
+def _pin(x: Any) -> Any:
+    """Tensors in page-locked memory, so that the copy to the GPU (`to_device`, non_blocking) overlaps compute."""
+    if isinstance(x, torch.Tensor):
+        return x.pin_memory()
+    if isinstance(x, dict):
+        return {k: _pin(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_pin(v) for v in x)
+    return x
+
+
+_END = object()
+
+
+def prefetch(batches: Iterator[Batch], depth: int, pin: bool = False) -> Iterator[Batch]:
+    """`batches`, assembled up to `depth` ahead in a background thread (`depth` <= 0: as they come); pinned when
+    `pin`. The same items in the same order; an exception in the producer is raised here, at its position."""
+    if depth <= 0:
+        yield from batches
+        return
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(_pin(batch) if pin else batch):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="vlrepro-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(batches, "close", None)
+        if callable(close):
+            close()
+
+
 class Trainer:
     """Runs a `Recipe` on this rank.
 
@@ -105,15 +181,22 @@ class Trainer:
     """
 
     def __init__(
-        self, recipe: Recipe, model: nn.Module, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+        self,
+        recipe: Recipe,
+        model: nn.Module,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
     ) -> None:
+        """`device`: where to train; None resolves ``train.device`` (`models.engine.device.resolve_device`)."""
         self.recipe = recipe
         self.rank = rank
         self.world_size = world_size
         self.cfg = recipe.train
         if not isinstance(model, TrainableModel):
             raise TypeError(f"{type(model).__name__} does not implement training_step/lr_scales/after_step")
-        self.device = torch.device(device)
+        self.device = resolve_device(self.cfg.device) if device is None else torch.device(device)
+        autocast(self.device, self.cfg.precision)  # an unsupported precision fails here, before any work
         self.model: Any = model.to(self.device)
         if world_size > 1:
             distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
@@ -153,8 +236,11 @@ class Trainer:
         sums: dict[str, float] = {}
         n = 0
         start = time.monotonic()
-        for batch in self.recipe.batches(epoch, self.rank, self.world_size, start=self.progress.batch_in_epoch):
-            outputs = self.model.training_step(to_device(batch, self.device))
+        batches = self.recipe.batches(epoch, self.rank, self.world_size, start=self.progress.batch_in_epoch)
+        pin = self.device.type == "cuda"
+        for batch in prefetch(batches, self.cfg.prefetch_batches, pin=pin):
+            with autocast(self.device, self.cfg.precision):  # fp32: no context at all
+                outputs = self.model.training_step(to_device(batch, self.device))
             loss = outputs["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {self.progress.step}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from models.common.clip import arch_image_size, preprocess_frames, tokenize
-from models.common.metrics.retrieval import ranks, recall_metrics, retrieval_report, video_to_caption_group_sim
+from models.common.metrics.retrieval import BLOCK_RANKS, recall_metrics, retrieval_ranks
 from pipelines import shards
 from pipelines.loaders import EpochPlan, ShardIndex
 from pipelines.sampling import segment_indices, uniform_indices
@@ -180,11 +180,12 @@ def concat_reprs(parts: list[Any]) -> Any:
 
 
 def report(sim: np.ndarray, ev: EvalSet, subsets: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """Full retrieval report: overall and per subset, plus the rank arrays for plots."""
-    out: dict[str, Any] = {"overall": retrieval_report(sim, ev.caption_video)}
-    t2v = ranks(sim, ev.caption_video)
-    group_sim, _ = video_to_caption_group_sim(sim, ev.caption_video)
-    out["ranks"] = {"t2v": t2v, "v2t": ranks(group_sim)}
+    """Full retrieval report: overall and per subset, plus the per-query rank arrays: the overall ones for plots
+    (``ranks``: {"t2v", "v2t"}) and each subset's (``block_ranks``: subset → {"t2v", "v2t"}) for the claims' paired
+    bootstrap (`recipes.evaluation.claims`); neither is a metric (`flatten` skips them)."""
+    overall = retrieval_ranks(sim, ev.caption_video)
+    out: dict[str, Any] = {"overall": {d: recall_metrics(r) for d, r in overall.items()}, "ranks": overall}
+    block_ranks: dict[str, dict[str, np.ndarray]] = {}
     pos = {k: i for i, k in enumerate(ev.keys)}
     for name, keys in subsets.items():
         vids = np.array(sorted(pos[k] for k in keys if k in pos), dtype=np.int64)
@@ -193,7 +194,9 @@ def report(sim: np.ndarray, ev: EvalSet, subsets: Mapping[str, Sequence[str]]) -
         caps = np.flatnonzero(np.isin(ev.caption_video, vids))
         remap = {v: i for i, v in enumerate(vids.tolist())}
         sub = sim[np.ix_(caps, vids)]
-        out[name] = retrieval_report(sub, np.array([remap[int(v)] for v in ev.caption_video[caps]]))
+        block_ranks[name] = retrieval_ranks(sub, np.array([remap[int(v)] for v in ev.caption_video[caps]]))
+        out[name] = {d: recall_metrics(r) for d, r in block_ranks[name].items()}
+    out[BLOCK_RANKS] = block_ranks
     return out
 
 
@@ -201,7 +204,7 @@ def flatten(rep: Mapping[str, Any]) -> dict[str, float]:
     """``{"overall": {"t2v": {"R@1": x}}}`` → ``{"t2v/R@1": x}``, subsets prefixed by their name."""
     flat: dict[str, float] = {}
     for name, block in rep.items():
-        if name == "ranks":
+        if name in ("ranks", BLOCK_RANKS):
             continue
         prefix = "" if name == "overall" else f"{name}/"
         for direction, metrics in block.items():

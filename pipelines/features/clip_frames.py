@@ -100,15 +100,17 @@ def encode_frames(
     """
     cfg = cfg or ClipFeatureConfig(clip=ClipConfig(arch=model.arch, pretrained=None))
     encode = _ENCODERS[cfg.output]
+    device = model.conv1.weight.device  # frames go to the model (uint8: 4x less to copy), normalised there
     lengths = [len(v) for v in videos]
     flat_list = [v for v in videos if len(v)]
     if not flat_list:
-        probe = encode(model, torch.zeros(1, 3, model.image_size, model.image_size), cfg)
+        probe = encode(model, torch.zeros(1, 3, model.image_size, model.image_size, device=device), cfg)
         return [np.zeros((n, *probe.shape[1:]), probe.dtype) for n in lengths]
     flat = np.concatenate(flat_list, axis=0)  # (ΣT, H, W, 3)
     outs = []
     for i in range(0, len(flat), batch_frames):
-        x = preprocess_frames(flat[i : i + batch_frames], model.image_size)  # (b, 3, S, S)
+        frames = torch.from_numpy(flat[i : i + batch_frames]).to(device)  # (b, H, W, 3) uint8
+        x = preprocess_frames(frames, model.image_size)  # (b, 3, S, S)
         outs.append(encode(model, x, cfg))
     feats = np.concatenate(outs, axis=0)  # (ΣT, ...)
     return list(np.split(feats, np.cumsum(lengths)[:-1]))

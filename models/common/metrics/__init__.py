@@ -10,7 +10,7 @@ from models.common.metrics.detection import (
     thumos_summary,
 )
 from models.common.metrics.grounding import grounding_recall
-from models.common.metrics.retrieval import ranks, recall_at_k_curve, recall_metrics, retrieval_report
+from models.common.metrics.retrieval import ranks, recall_at_k_curve, recall_metrics, retrieval_ranks, retrieval_report
 
 __all__ = [
     "ANET_TIOU",
@@ -21,6 +21,7 @@ __all__ = [
     "ranks",
     "recall_at_k_curve",
     "recall_metrics",
+    "retrieval_ranks",
     "retrieval_report",
     "thumos_summary",
 ]

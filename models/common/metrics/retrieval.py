@@ -25,6 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
+#: the key under which an evaluation report keeps the per-query ranks of its blocks other than the overall one
+#: (block → `retrieval_ranks`; the overall ranks are ``ranks``), for the claims' paired bootstrap
+BLOCK_RANKS = "block_ranks"
 # Rows per block when counting, to bound the (rows, G) temporary on large galleries.
 _ROW_BLOCK = 2048
 
@@ -105,6 +108,12 @@ def retrieval_report(sim: np.ndarray, caption_video: np.ndarray | None = None) -
     sim: (C, V); caption_video: (C,) int video index of each caption, or None for one caption per video (then sim
     must be square, gt is the diagonal and v2t ranks ``sim.T``). Returns ``{"t2v": {...}, "v2t": {...}}``.
     """
+    return {direction: recall_metrics(r) for direction, r in retrieval_ranks(sim, caption_video).items()}
+
+
+def retrieval_ranks(sim: np.ndarray, caption_video: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The per-query 0-based ranks behind `retrieval_report` (same arguments): ``{"t2v": (C,), "v2t": (G,)}``, G the
+    videos that have a caption (the v2t queries, and the t2v gallery when every video has one)."""
     sim = np.asarray(sim)
     if sim.ndim != 2:
         raise ValueError(f"sim must be 2-D (C, V), got shape {sim.shape}")
@@ -112,11 +121,11 @@ def retrieval_report(sim: np.ndarray, caption_video: np.ndarray | None = None) -
     if caption_video is None:
         if n_caption != n_video:
             raise ValueError(f"without caption_video the similarity must be square, got {sim.shape}")
-        return {"t2v": recall_metrics(ranks(sim)), "v2t": recall_metrics(ranks(sim.T))}
+        return {"t2v": ranks(sim), "v2t": ranks(sim.T)}
     caption_video = np.asarray(caption_video, dtype=np.int64).reshape(-1)  # (C,)
     if len(caption_video) != n_caption:
         raise ValueError(f"caption_video has {len(caption_video)} entries for {n_caption} captions")
     if n_caption and (caption_video.min() < 0 or caption_video.max() >= n_video):
         raise ValueError(f"caption_video entries must lie in [0, {n_video})")
     group_sim, _ = video_to_caption_group_sim(sim, caption_video)  # (G, G)
-    return {"t2v": recall_metrics(ranks(sim, caption_video)), "v2t": recall_metrics(ranks(group_sim))}
+    return {"t2v": ranks(sim, caption_video), "v2t": ranks(group_sim)}
