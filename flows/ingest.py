@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, get_args
 
@@ -49,23 +50,25 @@ def ingest_flow(
     timeout_s: float = 600.0,
     max_frames: int = 0,
     max_duration_s: float = 0.0,
+    max_sample_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest `source` (folder or CSV of videos) into `<root>/<dataset>/frames/<config-hash>/` shards."""
+    """Ingest `source` (folder or CSV of videos) into `<root>/<dataset>/frames/<config-hash>/` shards.
+    `max_sample_bytes`: the per-video frame budget (None = `DecodeConfig`'s; 25 fps runs of long videos raise it)."""
     start = time.monotonic()
     root = storage.resolve_root(root)
     if storage.is_local(source):
         source = str(storage.local_path(source).resolve())
-    cfg = ing.IngestConfig(
-        decode=DecodeConfig(
-            fps=fps,
-            short_side=size,
-            crop=crop,
-            timeout_s=timeout_s,
-            max_frames=max_frames,
-            max_duration_s=max_duration_s,
-        ),
-        samples_per_shard=samples_per_shard,
+    decode = DecodeConfig(
+        fps=fps,
+        short_side=size,
+        crop=crop,
+        timeout_s=timeout_s,
+        max_frames=max_frames,
+        max_duration_s=max_duration_s,
     )
+    if max_sample_bytes is not None:
+        decode = dataclasses.replace(decode, max_sample_bytes=max_sample_bytes)
+    cfg = ing.IngestConfig(decode=decode, samples_per_shard=samples_per_shard)
     uri, jobs = ing.plan_ingest(ing.read_sources(source), root, dataset, cfg, mode)
     task_ = cached_task(ingest_shard_task, root).with_options(refresh_cache=mode != "incremental")
     cfg_dict = {"decode": vars(cfg.decode), "samples_per_shard": cfg.samples_per_shard}

@@ -41,22 +41,29 @@ def job_configs(
     user: dict[str, dict[str, Any]] | None = None,
     variants: list[str] | None = None,
     ablations: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    return retrieval.job_configs(CLIP4CLIP, size, user, variants, ablations)
+    """Every job's config (``--print-config``) on `dataset`: the mini world (None) or a benchmark's spec."""
+    return retrieval.job_configs(CLIP4CLIP.on(dataset), size, user, variants, ablations)
 
 
 @flow(name="reproduce-clip4clip", log_prints=True)
 def reproduce_clip4clip(
     dataset: str = "mini-retrieval",
     root: str = "runs",
-    size: str = "small",
+    size: str | None = None,
     seed: int = 0,
     variants: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
     cpus_per_worker: float | None = None,
     parallel_jobs: int | None = None,
+    data_dir: str | None = None,
+    video_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run the CLIP4Clip DAG: the default heads, or `variants` (with the heads they start from)."""
+    """Run the CLIP4Clip DAG: the default heads, or `variants` (with the heads they start from), on the mini world or
+    on a benchmark downloaded to `data_dir` (``dataset="msrvtt"``, videos under `video_dir`)."""
     resources = Resources.resolve(cpus_per_worker, parallel_jobs)  # the lone mini CLIP: all; the heads: a share
-    return retrieval.run(CLIP4CLIP, dataset, root, size, seed, overrides, num_workers, False, variants, resources)
+    return retrieval.run(
+        CLIP4CLIP, dataset, root, size, seed, overrides, num_workers, False, variants, resources, data_dir, video_dir
+    )

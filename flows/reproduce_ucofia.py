@@ -74,15 +74,17 @@ def job_configs(
     user: dict[str, dict[str, Any]] | None = None,
     variants: list[str] | None = None,
     ablations: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    return retrieval.job_configs(UCOFIA, size, user, variants, ablations)
+    """Every job's config (``--print-config``) on `dataset`: the mini world (None) or a benchmark's spec."""
+    return retrieval.job_configs(UCOFIA.on(dataset), size, user, variants, ablations)
 
 
 @flow(name="reproduce-ucofia", log_prints=True)
 def reproduce_ucofia(
     dataset: str = "mini-retrieval",
     root: str = "runs",
-    size: str = "small",
+    size: str | None = None,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     num_workers: int = 1,
@@ -90,7 +92,12 @@ def reproduce_ucofia(
     variants: list[str] | None = None,
     cpus_per_worker: float | None = None,
     parallel_jobs: int | None = None,
+    data_dir: str | None = None,
+    video_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run the UCoFiA DAG: the main variant, or `variants`; with `ablations` the whole table."""
+    """Run the UCoFiA DAG: the main variant, or `variants`; with `ablations` the whole table; on the mini world or on a
+    benchmark downloaded to `data_dir` (``dataset="msrvtt"``, videos under `video_dir`)."""
     resources = Resources.resolve(cpus_per_worker, parallel_jobs)
-    return retrieval.run(UCOFIA, dataset, root, size, seed, overrides, num_workers, ablations, variants, resources)
+    return retrieval.run(
+        UCOFIA, dataset, root, size, seed, overrides, num_workers, ablations, variants, resources, data_dir, video_dir
+    )

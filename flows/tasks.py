@@ -111,6 +111,68 @@ def i3d_features(frames_uri: str, flow: dict[str, Any], root: str, dataset: str,
     return extract(frames_uri, flow["stage_uri"], root, dataset, build(I3DFeatureConfig, cfg))
 
 
+# ----- DCC on a real benchmark (THUMOS14, ActivityNet 1.2): its files, released features, scoring, ledger ------------
+
+
+@task(name="dcc-benchmark-data", retries=1, retry_condition_fn=is_transient)
+def wtal_benchmark_data(
+    dataset: str,
+    data_dir: str,
+    video_dir: str | None,
+    root: str,
+    key: str,
+    exclude: list[str],
+    with_videos: bool,
+) -> dict[str, Any]:
+    """The benchmark's annotations and videos found (`pipelines.datasets.wtal_sources.prepare`): ground truth and
+    sources CSV under ``<root>/data/<key>/``. Not cached: it reads the user's folders, which change."""
+    from pipelines.datasets.wtal_sources import prepare
+
+    return prepare(dataset, data_dir, video_dir, storage.join(root, "data", key), exclude, with_videos)
+
+
+@task(name="dcc-import-features", retries=1, retry_condition_fn=is_transient)
+def import_released_i3d(
+    folder: str,
+    root: str,
+    key: str,
+    dataset: str,
+    meta: dict[str, dict[str, Any]],
+    frames_uri: str | None,
+    feature_dim: int,
+) -> dict[str, Any]:
+    """Released per-video I3D features found by video id under `folder` → the ``i3d-features`` stage
+    (`pipelines.features.i3d.import_released`), in place of TV-L1 → I3D."""
+    from pipelines.datasets.wtal_sources import benchmark
+    from pipelines.features.i3d import import_released
+
+    return import_released(folder, root, key, meta, benchmark(dataset).file_names, frames_uri, feature_dim)
+
+
+@task(name="dcc-score-benchmark", retries=1, retry_condition_fn=is_transient)
+def score_benchmark(predictions: str, ground_truth: str, ground_truth_format: str) -> dict[str, Any]:
+    """The prediction file on the benchmark's whole test subset, THUMOS14's Ambiguous rule included
+    (`recipes.evaluation.detection.score_wtal_benchmark`)."""
+    from recipes.evaluation.detection import score_wtal_benchmark
+
+    return score_wtal_benchmark(predictions, ground_truth, ground_truth_format)  # type: ignore[arg-type]
+
+
+@task(name="dcc-ledger", retries=1, retry_condition_fn=is_transient)
+def dcc_ledger(
+    prepared: dict[str, Any], features_uri: str, frames_uri: str | None, clip_uri: str | None, features_dir: str
+) -> dict[str, Any]:
+    """The run's reproduction ledger (`pipelines.datasets.wtal_sources.wtal_ledger`) from the stages' manifests."""
+    from pipelines import shards
+    from pipelines.datasets.wtal_sources import wtal_ledger
+
+    def rows(uri: str | None) -> list[dict[str, Any]] | None:
+        return None if uri is None else shards.read_manifest(uri)
+
+    out = wtal_ledger(prepared, rows(features_uri) or [], rows(frames_uri), rows(clip_uri), features_dir)
+    return {**out, "ground_truth": prepared["ground_truth"]}
+
+
 # ----- tracking ------------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +204,7 @@ def log_dcc_results(root: str, parent_id: str, summary: dict[str, Any], timeline
 
     tracker = Tracker.for_run_root(root)
     metrics = {f"final/{k}": v for k, v in summary["metrics"].items()}
+    spec = dcc_experiment.spec_of(summary.get("benchmark") or dcc_experiment.SPEC.dataset)
     log_results(
         tracker,
         parent_id,
@@ -149,12 +212,15 @@ def log_dcc_results(root: str, parent_id: str, summary: dict[str, Any], timeline
         dataset=summary["dataset"],
         results=summary,
         rows=summary.get("ablations"),
-        claims=dcc_experiment.SPEC.claims,
+        claims=spec.claims,
         metrics=metrics,
         paper_vs_ours=summary.get("paper_vs_ours"),
     )
+    if summary.get("ledger") is not None:  # a benchmark run: its reproduction ledger as its own artefact too
+        tracker.log_dict(parent_id, summary["ledger"], "tables/ledger.json")
     main_run = summary["steps"][-1]["run_id"]
-    plots = log_timelines(tracker, parent_id, timelines, VARIANT_EVAL_BRANCH, dcc_experiment.MAIN_VARIANT, main_run)
+    main = summary.get("variant") or dcc_experiment.MAIN_VARIANT
+    plots = log_timelines(tracker, parent_id, timelines, VARIANT_EVAL_BRANCH, main, main_run)
     tracker.finish(parent_id, "FINISHED")
     return {"parent_run_id": parent_id, "plots": plots}
 
@@ -223,8 +289,9 @@ def log_ablation_table(
     table: list[dict[str, Any]],
     claims: dict[str, str],
     paper_vs_ours: list[dict[str, Any]] | None = None,
+    verdicts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The table as the summary run of (paper, dataset, jobs) in the paper's experiment (tag
+    """The table (and each claim's verdict) as the summary run of (paper, dataset, jobs) in the paper's experiment (tag
     ``vlrepro.kind=ablation-table``); idempotent: the run key digests the job keys, so the same table logs into the
     same run on rerun and a table over other jobs gets its own."""
     from infra.jobs import run_name
@@ -242,6 +309,7 @@ def log_ablation_table(
         rows=table,
         claims=claims,
         paper_vs_ours=paper_vs_ours,
+        verdicts=verdicts,
     )
     return {"run_id": run_id, "run_key": key}
 

@@ -10,7 +10,11 @@ A spec is what one experiment *is*, as data — the DAG that runs it lives in ``
   `make demo`'s);
 - ``variants``: named overrides of the main job (a head, an ablated module), ``main`` the paper's own method and
   ``default_variants`` what a plain run trains; ``ablations``: the paper's ablation rows over those variants;
-- ``claims``: what the paper reports and what the mini world must show, per ablation group; ``reported``: the
+- ``claims``: what the paper reports and what the mini world must show, per ablation group: the prose
+  (`PaperSpec.claims`, group → text) and the machine-checkable comparisons that judge it (`PaperSpec.checks`,
+  `ClaimCheck`: "A better than B on a block/direction/R@K", or "A above chance"), each judged by a paired bootstrap
+  interval over the test queries and training seeds (`recipes.evaluation.claims`), with what the checks leave out
+  and why (`PaperSpec.unchecked`). A group is a string (prose only) or ``{text, checks, unchecked}``; ``reported``: the
   paper's own numbers (`Reported`: variant, metric, value, the benchmark and setting they were measured on, the
   source), which a run on that benchmark is compared with (`paper_vs_ours`); ``metric``: the registry's champion
   metric; ``extra``: paper-specific settings a flow reads (e.g. CLIP4Clip's submission order).
@@ -23,6 +27,7 @@ validates ``--size``/``--variant`` against a spec before anything heavy is impor
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -90,6 +95,48 @@ class Reported:
     source: str
 
 
+#: what a check may compare: report blocks hold per-query ranks of both directions (`recipes.evaluation.claims`)
+CHECK_DIRECTIONS = ("t2v", "v2t")
+_CHECK_KEYS = {"better", "worse", "chance", "block", "worse_block", "direction", "metric"}
+_RECALL = re.compile(r"R@([1-9][0-9]*)")
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One machine-checkable part of a claim: `better`'s `metric` (``R@K``) on `block`/`direction` is higher than
+    `worse`'s on the same test queries (on `worse_block` when it names another block of the same job, e.g. UCoFiA's
+    ``no_sinkhorn``), or, with `chance`, higher than a random ranking of the block's gallery scores. `block` is a key
+    of the job's report: ``overall`` or a subset (``order``, ``twins``) or another scoring (``no_sinkhorn``,
+    ``level-…``)."""
+
+    better: str
+    worse: str = ""
+    chance: bool = False
+    block: str = "overall"
+    worse_block: str = ""  # "" = `block`
+    direction: str = "t2v"
+    metric: str = "R@1"
+
+    @property
+    def k(self) -> int:
+        """The K of the ``R@K`` metric."""
+        match = _RECALL.fullmatch(self.metric)
+        assert match is not None  # checked when the spec was read
+        return int(match.group(1))
+
+    @property
+    def against_block(self) -> str:
+        return self.worse_block or self.block
+
+    def describe(self) -> str:
+        """e.g. ``seqTransf > meanP on order t2v R@1``, ``ucofia > ucofia[no_sinkhorn] on overall t2v R@1``."""
+        if self.chance:
+            other = "chance"
+        else:
+            other = self.worse + (f"[{self.worse_block}]" if self.worse_block else "")
+        return f"{self.better} > {other} on {self.block} {self.direction} {self.metric}"
+
+
 @dataclass(frozen=True)
 class PaperSpec:
     paper: str
@@ -101,7 +148,9 @@ class PaperSpec:
     main: str = ""
     default_variants: tuple[str, ...] = ()
     ablations: tuple[AblationRow, ...] = ()
-    claims: dict[str, str] = field(default_factory=dict)
+    claims: dict[str, str] = field(default_factory=dict)  # group → the claim's prose
+    checks: dict[str, tuple[ClaimCheck, ...]] = field(default_factory=dict)  # group → its machine-checkable parts
+    unchecked: dict[str, str] = field(default_factory=dict)  # group → what its checks leave out, and why
     reported: tuple[Reported, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -179,6 +228,56 @@ def _reported(row: Any, where: str) -> Reported:
     return Reported(value=float(row["value"]), **strings)
 
 
+def _check(row: Any, where: str, variants: Mapping[str, Any]) -> ClaimCheck:
+    if not isinstance(row, Mapping) or set(row) - _CHECK_KEYS or "better" not in row:
+        raise SpecError(
+            f"{where}: a check needs better and worse (or chance: true), may have {sorted(_CHECK_KEYS)}: {row!r}"
+        )
+    check = ClaimCheck(
+        better=str(row["better"]),
+        worse=str(row.get("worse") or ""),
+        chance=bool(row.get("chance", False)),
+        block=str(row.get("block") or "overall"),
+        worse_block=str(row.get("worse_block") or ""),
+        direction=str(row.get("direction") or "t2v"),
+        metric=str(row.get("metric") or "R@1"),
+    )
+    if check.chance == bool(check.worse) or (check.chance and check.worse_block):
+        raise SpecError(f"{where}: a check compares with either a worse variant or chance, not both: {row!r}")
+    if check.direction not in CHECK_DIRECTIONS:
+        raise SpecError(f"{where}: direction must be one of {list(CHECK_DIRECTIONS)}: {row!r}")
+    if not _RECALL.fullmatch(check.metric):
+        raise SpecError(f"{where}: a check's metric is a mean over queries, R@K (e.g. R@1): {row!r}")
+    unknown = [v for v in (check.better, check.worse) if v and variants and v not in variants]
+    if unknown:
+        hint = "".join(close_matches(v, variants) for v in unknown)
+        raise SpecError(f"{where}: a check names variants that are not defined: {unknown}{hint}")
+    if check.better == check.worse and not check.worse_block:
+        raise SpecError(f"{where}: a check compares {check.better!r} with itself on the same block: {row!r}")
+    return check
+
+
+def _claims(
+    data: Any, where: str, variants: Mapping[str, Any]
+) -> tuple[dict[str, str], dict[str, tuple[ClaimCheck, ...]], dict[str, str]]:
+    """``claims:`` → (group → text, group → checks, group → what the checks leave out)."""
+    text: dict[str, str] = {}
+    checks: dict[str, tuple[ClaimCheck, ...]] = {}
+    unchecked: dict[str, str] = {}
+    for group, claim in (data or {}).items():
+        group = str(group)
+        if isinstance(claim, str):
+            text[group] = claim
+            continue
+        if not isinstance(claim, Mapping) or "text" not in claim or set(claim) - {"text", "checks", "unchecked"}:
+            raise SpecError(f"{where}: claim {group!r} is a string or {{text, checks, unchecked}}: {claim!r}")
+        text[group] = str(claim["text"])
+        checks[group] = tuple(_check(c, f"{where}: claim {group!r}", variants) for c in claim.get("checks") or ())
+        if claim.get("unchecked"):
+            unchecked[group] = str(claim["unchecked"])
+    return text, checks, unchecked
+
+
 def _spec_from(data: Mapping[str, Any], where: str) -> PaperSpec:
     if not isinstance(data, Mapping):
         raise SpecError(f"{where}: top level must be a mapping")
@@ -197,6 +296,7 @@ def _spec_from(data: Mapping[str, Any], where: str) -> PaperSpec:
             raise SpecError(f"{where}: size {size!r} names jobs {sorted(bad)} the spec does not have")
     variants = {str(k): dict(v or {}) for k, v in (data.get("variants") or {}).items()}
     ablations = tuple(AblationRow(**row) for row in data.get("ablations") or ())
+    claims, checks, unchecked = _claims(data.get("claims"), where, variants)
     spec = PaperSpec(
         paper=str(data["paper"]),
         dataset=str(data["dataset"]),
@@ -207,7 +307,9 @@ def _spec_from(data: Mapping[str, Any], where: str) -> PaperSpec:
         main=str(data.get("main") or ""),
         default_variants=tuple(data.get("default_variants") or ()),
         ablations=ablations,
-        claims={str(k): str(v) for k, v in (data.get("claims") or {}).items()},
+        claims=claims,
+        checks=checks,
+        unchecked=unchecked,
         reported=tuple(_reported(r, where) for r in data.get("reported") or ()),
         extra=dict(data.get("extra") or {}),
     )

@@ -1,8 +1,10 @@
-"""``vlrepro reproduce``: run a paper's whole DAG."""
+"""``vlrepro reproduce``: run a paper's whole DAG, on its mini world or on a benchmark the user downloaded."""
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,9 +24,50 @@ PAPERS: dict[str, tuple[str, str]] = {
 
 def reproduce(
     paper: Annotated[str, typer.Argument(help="clip4clip | stan | ucofia | dcc | locvtp")],
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the paper's mini dataset).")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset: the paper's mini dataset (default) or a downloaded benchmark with a spec for this paper "
+            "(msrvtt; clip4clip also msvd, didemo, activitynet-captions), which needs --data-dir."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            exists=True,
+            file_okay=False,
+            help="The downloaded benchmark's folder: its official annotation files are found by name anywhere under "
+            "it (`vlrepro data check` says what is there).",
+        ),
+    ] = None,
+    video_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--video-dir", exists=True, file_okay=False, help="Where the benchmark's videos are (default: --data-dir)."
+        ),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            "--features", exists=True, help="Released features to read instead of extracting them (flows taking them)."
+        ),
+    ] = None,
     root: Annotated[str, typer.Option("--root", help="Run root (shards, checkpoints, MLflow DB).")] = "runs",
-    size: Annotated[str, typer.Option(help="Mini-world size: tiny | small | medium.")] = "small",
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="Mini world: tiny | small | medium (default small); a benchmark: paper (default, the paper's "
+            "config) | smoke."
+        ),
+    ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke",
+            help="--size smoke: a benchmark's DAG end to end with a tiny random CLIP, 4 frames and a few steps.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Mini-world seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Ray Train workers per training job.")] = 1,
     cpus_per_worker: Annotated[
@@ -69,6 +112,7 @@ def reproduce(
 
     from models.config import ConfigError, parse_overrides
     from pipelines import storage
+    from recipes.experiments.retrieval import default_size
     from recipes.spec import SpecError, close_matches, load_spec
 
     # everything a spec can answer is checked here, before the flow (and Prefect, torch, Ray) is imported
@@ -78,14 +122,25 @@ def reproduce(
             f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}{hint}", param_hint="PAPER"
         )
     path, default_dataset = PAPERS[paper]
+    dataset = _spelled(paper, dataset or default_dataset)
     try:
-        spec = load_spec(paper, dataset or default_dataset)
+        spec = load_spec(paper, dataset)
     except SpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+    if smoke and size not in (None, "smoke"):
+        raise typer.BadParameter(f"--smoke is --size smoke, not {size!r}: give one of them", param_hint="--smoke")
+    size = "smoke" if smoke else size or default_size(spec)
     try:
         spec.check_size(size)
     except SpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--size") from exc
+    benchmark = registry_kind(dataset) is not None
+    if benchmark and data_dir is None and not print_config:
+        raise typer.BadParameter(
+            f"{dataset} is a downloaded benchmark: give its folder (--data-dir DIR; `vlrepro data check {dataset} "
+            "--data-dir DIR` says what it holds)",
+            param_hint="--data-dir",
+        )
     if variant:
         try:
             spec.check_variants(list(variant))
@@ -109,7 +164,16 @@ def reproduce(
 
     module, attr = path.split(":")
     flow_module = importlib.import_module(module)
+    flow_fn = getattr(flow_module, attr)
+    given = {"data_dir": data_dir, "video_dir": video_dir, "features": features}
+    takes = inspect.signature(getattr(flow_fn, "fn", flow_fn)).parameters
+    for name, value in given.items():  # forwarded only to a flow that takes it, and never to a mini world
+        flag = "--" + name.replace("_", "-")
+        if value is not None and (name not in takes or (name != "features" and not benchmark)):
+            raise typer.BadParameter(f"{paper} on {dataset} does not take {flag}", param_hint=flag)
     choice: dict[str, Any] = {"variants": list(variant) if variant else None, "ablations": ablations}
+    if "dataset" in inspect.signature(flow_module.job_configs).parameters:
+        choice["dataset"] = dataset  # a benchmark's spec (the retrieval papers); the others run their mini world
     try:  # the one grammar, checked before any work: a key no job has is an error naming close matches
         user = route_overrides(overrides, flow_module.job_configs(size, **choice))
     except SpecError as exc:
@@ -118,9 +182,8 @@ def reproduce(
         emit(flow_module.job_configs(size, user, **choice), as_json)
         return
     require_prefect_database()  # a broken PREFECT_HOME database: one error now, not minutes of server retries
-    flow_fn = getattr(flow_module, attr)
     kwargs: dict[str, Any] = {
-        "dataset": dataset or default_dataset,
+        "dataset": dataset,
         "root": storage.resolve_root(root),  # the edge: tasks, Ray workers and records only see absolute paths
         "size": size,
         "seed": seed,
@@ -135,8 +198,33 @@ def reproduce(
         kwargs["ablations"] = True
     if variant:
         kwargs["variants"] = list(variant)
+    for name, value in given.items():
+        if value is not None:  # resolved once, at the edge, like the root
+            kwargs[name] = str(value.expanduser().resolve())
     result = flow_fn(**kwargs)
     emit(result, as_json, _format_reproduce)
+
+
+def registry_kind(dataset: str) -> str | None:
+    """The evaluation family of a downloaded benchmark (`pipelines.datasets.registry`), None for a mini world."""
+    from pipelines.datasets import registry
+
+    try:
+        return registry.KIND.get(registry.canonical(dataset))
+    except registry.UnknownDataset:
+        return None
+
+
+def _spelled(paper: str, dataset: str) -> str:
+    """`dataset` as the registry spells it when the paper has a spec by that name (``MSR-VTT`` → ``msrvtt``)."""
+    from pipelines.datasets import registry
+    from recipes.spec import available
+
+    try:
+        canon = registry.canonical(dataset)
+    except registry.UnknownDataset:
+        return dataset
+    return canon if canon in available().get(paper, []) else dataset
 
 
 def _format_reproduce(r: dict[str, Any]) -> str:
@@ -153,4 +241,19 @@ def _format_reproduce(r: dict[str, Any]) -> str:
         lines.append(
             f"  {name:{width}s} " + " | ".join(parts) + f"  (run {head.get('run_id')}, v{head.get('model_version')})"
         )
+    ledger = r.get("ledger")
+    if ledger:
+        g = ledger["gallery"]
+        expected = "" if g.get("expected") is None else f" of the protocol's {g['expected']:,}"
+        lines.append(f"  gallery {g['split']}: {g['evaluated']:,} videos{expected}, {g['queries']:,} queries")
+        counts = ", ".join(f"{n} {status}" for status, n in ledger["counts"].items()) or "none"
+        lines.append(f"  ledger ({counts}): {ledger['path']}")
+    for row in r.get("paper_vs_ours") or ():
+        if row.get("comparable"):
+            if row["ours"] is None:  # a variant this run did not train
+                lines.append(f"  paper vs ours {row['variant']} {row['metric']}: {row['paper']:.1f} vs – (not trained)")
+                continue
+            scale = f"global batch {row.get('global_batch')} on {row.get('devices')} {row.get('device')}"
+            ours = f"{row['ours']:.1f} (Δ {row['delta']:+.1f}), {scale}"
+            lines.append(f"  paper vs ours {row['variant']} {row['metric']}: {row['paper']:.1f} vs {ours}")
     return "\n".join(lines)

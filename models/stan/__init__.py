@@ -5,7 +5,7 @@ from __future__ import annotations
 from models.stan.branch import CROSS_FRAME, CrossFrameAttention, CrossFrameConv, IntraFrame, StanBranch, StanLayer
 from models.stan.config import StanConfig
 from models.stan.model import LEVELS_FED, Stan, build
-from models.stan.recognition import class_name, class_prompts, topk_accuracy
+from models.stan.recognition import class_name, class_prompts, fit_prompt_classifier, topk_accuracy
 
 __all__ = [
     "CROSS_FRAME",
@@ -20,5 +20,6 @@ __all__ = [
     "build",
     "class_name",
     "class_prompts",
+    "fit_prompt_classifier",
     "topk_accuracy",
 ]

@@ -80,6 +80,12 @@ class StanConfig:
     freeze_clip_visual: bool = False
     # Freeze the whole CLIP text tower (project option; paper: it trains).
     freeze_text: bool = False
+    # A ``model.pt`` of a retrieval job (CLIP4Clip, STAN: keys ``clip.model.*``) whose CLIP text tower replaces the
+    # backbone's after its weights load (`models.clip4clip.model.load_text_tower`; the visual tower and the logit
+    # scale are kept). Project option (not in the paper), as CLIP4Clip's `text_init`: the mini CLIP has never read a
+    # motion word ("left", "then", "before"); real CLIP's web-scale text pre-training knows them. With `freeze_text`
+    # the loaded tower stays as it is (CLIP4Clip's ``tightTransf-seqText`` does the same).
+    text_init: str | None = None
     # Linear recognition head over the L2-normalised video embedding with this many classes (paper §4.3 fine-tunes a
     # classifier for K400/SSv2); 0 = none, recognition then scores class-name prompts through the text tower only.
     num_classes: int = 0

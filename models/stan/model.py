@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.clip4clip.model import load_text_tower
 from models.common.clip import ClipBackbone, build_clip
 from models.common.losses import ContrastiveLoss
 from models.common.temporal import masked_mean
@@ -254,8 +255,11 @@ def build(cfg: StanConfig) -> Stan:
     """Build STAN for `cfg`: the backbone (with its weights), then the branch copying its last K blocks.
 
     Raises:
-        ConfigError: `depth` beyond the CLIP's vision blocks, widths not divisible by heads / the conv reduction.
+        ConfigError: `depth` beyond the CLIP's vision blocks, widths not divisible by heads / the conv reduction;
+            a `text_init` that is missing or holds another CLIP's text tower.
     """
     clip = build_clip(cfg.clip_config)
+    if cfg.text_init:
+        load_text_tower(clip, cfg.text_init)  # the text tower only: the branch below copies vision blocks
     branch = StanBranch.from_clip(cfg, clip) if LEVELS_FED[cfg.variant](cfg) > 0 else None
     return Stan(cfg, clip, branch)

@@ -20,14 +20,15 @@ exist offline). The stage hash includes both input stages' hashes and each strea
 
 `import_features` turns released per-video feature files (``<video_id>.npy``, ``T×2048``, or separate RGB and flow
 folders of ``T×1024`` as UM ships them) into the same kind of stage, so users with released features skip
-extraction.
+extraction. `find_released` finds them by video id wherever they were unpacked (`RELEASED_LAYOUTS`) and
+`import_feature_files` imports what it found, with a failed manifest row for every wanted video it did not find.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -297,22 +298,76 @@ def import_features(
     if flow_folder is not None and set(flow_files) != set(rgb_files):
         only = sorted(set(rgb_files) ^ set(flow_files))
         raise ValueError(f"RGB and flow folders list different videos, e.g. {only[:5]}")
-    keys = sorted(rgb_files)
-    contents = {k: [file_digest(rgb_files[k])] + ([file_digest(flow_files[k])] if flow_files else []) for k in keys}
-    h = config_hash({"imported": contents, "snippet": snippet, "fps": fps})
+    files = {k: ReleasedFeature(rgb_files[k], flow_files.get(k), "folders") for k in rgb_files}
     config = {"imported_from": str(folder), "flow_folder": str(flow_folder) if flow_folder else None}
+    return import_feature_files(files, root, dataset, config, meta, samples_per_shard, mode, snippet, fps)
+
+
+def import_feature_files(
+    files: Mapping[str, ReleasedFeature],
+    root: str,
+    dataset: str,
+    config: Mapping[str, Any],
+    meta: Mapping[str, Mapping[str, Any]] | None = None,
+    samples_per_shard: int = 64,
+    mode: shards.Mode = "incremental",
+    snippet: int = 16,
+    fps: float = 25.0,
+    missing: Mapping[str, str] | None = None,
+    feature_dim: int | None = None,
+    max_snippets: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Per-video released files (key → `ReleasedFeature`) → an ``i3d-features`` stage; `config` is recorded.
+
+    missing: keys wanted but not found (key → why): each becomes a failed manifest row, so the stage has one row per
+    wanted video. feature_dim: the width every video must have (RGB + flow: 2048 for the paper's I3D); a video of
+    another width is a failed row. max_snippets: key → the most snippets its frames cover (``⌊frames / 16⌋``): a
+    released array longer than that (another decode of the video) is cut to it, and the row says by how much, so the
+    snippet-pooled CLIP features of the same video line up with it. The stage hash digests every file's content (and
+    the missing keys, the width and the cuts when given).
+    """
+    missing = dict(missing or {})
+    cuts = dict(max_snippets or {})
+    for key in [*files, *missing]:
+        storage.check_key(key)
+    if set(files) & set(missing):
+        raise ValueError(f"keys both found and missing: {sorted(set(files) & set(missing))[:5]}")
+    keys = sorted([*files, *missing])
+    contents = {k: [file_digest(f.rgb)] + ([file_digest(f.flow)] if f.flow else []) for k, f in sorted(files.items())}
+    hashed: dict[str, Any] = {"imported": contents, "snippet": snippet, "fps": fps}
+    if missing:
+        hashed["missing"] = sorted(missing)
+    if feature_dim is not None:
+        hashed["feature_dim"] = feature_dim
+    if cuts:
+        hashed["max_snippets"] = {k: cuts[k] for k in sorted(cuts) if k in files}
+    h = config_hash(hashed)
     cfg = I3DFeatureConfig(snippet=snippet, fps=fps)
     meta = meta or {}
 
     def load(shard: derived.Shard[None], key: str, inputs: tuple[Members, ...]) -> derived.Item:
         extra = dict(meta.get(key, {}))
         row = derived.sample_row(key, str(extra.get("split", "")), label=str(extra.get("label", "")))
+        if key in missing:
+            return derived.failed(row, missing[key])
+        found = files[key]
         try:
-            feats = _load_feature_file(rgb_files[key], flow_files.get(key))
+            feats = _load_feature_file(found.rgb, found.flow)
         except ValueError as exc:
             return derived.failed(row, str(exc))
-        row.update(n_snippets=len(feats), shape=list(feats.shape), source=str(rgb_files[key]), config_hash=h)
-        sample_meta = {"key": key, "source": str(rgb_files[key]), "fps": fps, **extra}
+        if feature_dim is not None and feats.shape[1] != feature_dim:
+            return derived.failed(
+                row, f"{found.rgb}: {feats.shape[1]}-d snippet features; the spec's two-stream I3D gives {feature_dim}"
+            )
+        cut = 0
+        if key in cuts and len(feats) > cuts[key]:
+            cut, feats = len(feats) - cuts[key], feats[: cuts[key]]
+        row.update(n_snippets=len(feats), shape=list(feats.shape), source=str(found.rgb), config_hash=h)
+        if cuts:
+            row["snippets_cut"] = cut
+        sample_meta = {"key": key, "source": str(found.rgb), "fps": fps, **extra}
+        if found.flow is not None:
+            sample_meta["flow_source"] = str(found.flow)
         sample_meta["i3d"] = _feature_meta(cfg, int(feats.shape[1]), imported=True)
         return row, {"npy": feats, "json": sample_meta}
 
@@ -323,9 +378,146 @@ def import_features(
         config={**config, "snippet": snippet, "fps": fps},
         per_item=load,
         layout=dict(enumerate(shards.plan_shards(keys, samples_per_shard))),  # no input stage: shards by key order
-        commit_extra=config,
+        commit_extra=dict(config),
     )
     return derived.run_derived_stage(stage, mode).summary(status_counts=True)
+
+
+# How the W-TAL repositories lay their per-video feature files out; `find_released` recognises each of them under the
+# folder the user names, at any depth:
+#: - "folders": the streams in separate folders, ``…/rgb/<video>.npy`` and ``…/flow/<video>.npy``, ``(T, 1024)`` each
+#:   (UM / BaSNet ``dataset/THUMOS14/features/{train,test}/{rgb,flow}/``; a folder counts as a stream's when its name
+#:   contains ``rgb`` / ``flow``);
+#: - "suffix": ``<video>_rgb.npy`` beside ``<video>_flow.npy`` (v-iashin/video_features' I3D output names);
+#: - "joint": one ``<video>.npy`` of ``(T, 2048)``, RGB then flow, outside any stream folder.
+#: W-TALC and CO2-Net ship one pickled object array for the whole dataset (``*-I3D-JOINTFeatures.npy``) instead: it is
+#: not read (it needs unpickling); convert it to per-video files first.
+RELEASED_LAYOUTS: tuple[str, ...] = ("folders", "suffix", "joint")
+_STREAMS: tuple[str, ...] = ("rgb", "flow")
+
+
+@dataclass(frozen=True)
+class ReleasedFeature:
+    """One video's released feature files: ``rgb`` and ``flow`` (T, D) arrays, or one joint (T, 2·D) file in ``rgb``
+    with ``flow`` None; `layout` names the convention they follow (`RELEASED_LAYOUTS`)."""
+
+    rgb: Path
+    flow: Path | None
+    layout: str
+
+
+def _stream_of(path: Path, folder: Path) -> tuple[str, str]:
+    """(video name, stream: "rgb" / "flow" / "joint") of a released ``.npy`` file under `folder`."""
+    stem = path.stem
+    for stream in _STREAMS:
+        if stem.lower().endswith("_" + stream):
+            return stem[: -len(stream) - 1], stream
+    for part in reversed(path.relative_to(folder).parts[:-1]):  # the nearest stream folder wins
+        name = part.lower()
+        hits = [s for s in _STREAMS if s in name]
+        if len(hits) == 1:
+            return stem, hits[0]
+    return stem, "joint"
+
+
+def find_released(
+    folder: str | Path, video_ids: Sequence[str], names: Callable[[str], Sequence[str]] | None = None
+) -> tuple[dict[str, ReleasedFeature], dict[str, str]]:
+    """Each video's released feature files under `folder` (`RELEASED_LAYOUTS`), looked up by the names
+    `names(video_id)` a file may carry (default: the id): (video id → its files, video id → why it has none). Two
+    streams win over a joint file; of several files for one (name, stream), the first by path is used."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--features {root}: not a folder")
+    index: dict[tuple[str, str], list[Path]] = {}
+    for path in sorted(root.rglob("*.npy")):
+        if path.is_file():
+            index.setdefault(_stream_of(path, root), []).append(path)
+    found: dict[str, ReleasedFeature] = {}
+    missing: dict[str, str] = {}
+    for vid in video_ids:
+        tried = list(names(vid)) if names is not None else [vid]
+        for name in tried:
+            rgb, flow, joint = (index.get((name, s), [None])[0] for s in (*_STREAMS, "joint"))
+            if rgb is not None and flow is not None:
+                layout = "suffix" if rgb.stem.lower().endswith("_rgb") else "folders"
+                found[vid] = ReleasedFeature(rgb, flow, layout)
+                break
+            if joint is not None:
+                found[vid] = ReleasedFeature(joint, None, "joint")
+                break
+        else:
+            alone = [s for name in tried for s in _STREAMS if (name, s) in index]
+            names_ = " or ".join(repr(n) for n in tried)
+            missing[vid] = (
+                f"only the {alone[0]} features of {names_} under {root} (the other stream is missing)"
+                if alone
+                else f"no released feature file for {names_} under {root} (<id>.npy, <id>_rgb.npy + <id>_flow.npy, "
+                "or rgb/ and flow/ folders)"
+            )
+    return found, missing
+
+
+def import_released(
+    folder: str | Path,
+    root: str,
+    dataset: str,
+    meta: Mapping[str, Mapping[str, Any]],
+    names: Callable[[str], Sequence[str]] | None = None,
+    frames_uri: str | None = None,
+    feature_dim: int | None = None,
+    snippet: int = 16,
+    fps: float = 25.0,
+    samples_per_shard: int = 64,
+) -> dict[str, Any]:
+    """A benchmark's released features → its ``i3d-features`` stage: the files of every video of `meta` (sample key
+    → ``video_id``, ``split``, … as `pipelines.datasets.wtal_sources.prepare` gives it) found under `folder` by the
+    names `names(video_id)` a file may carry (`find_released`), one failed row per video without them.
+
+    frames_uri: the frames stage when the run also decodes the videos (DCC's VLP branch needs their CLIP features):
+    only the videos whose frames are usable are imported, each cut to the ``⌊frames / snippet⌋`` snippets its frames
+    cover (released features come from other decodes, often a snippet or two longer), so both branches see the same
+    snippets. feature_dim: the width the spec's I3D gives (RGB + flow), checked per video. Raises
+    `FileNotFoundError` when no video has features under `folder`.
+    """
+    wanted = {str(k): m for k, m in meta.items()}
+    cuts: dict[str, int] = {}
+    if frames_uri is not None:
+        rows = {str(r["key"]): r for r in shards.read_manifest(frames_uri)}
+        wanted = {k: m for k, m in wanted.items() if str(rows.get(k, {}).get("status")) in shards.OK_STATUSES}
+        cuts = {k: int(rows[k].get("n_frames") or 0) // snippet for k in wanted}
+    ids = {k: str(m.get("video_id", k)) for k, m in wanted.items()}
+    lookup = (lambda k: names(ids[k])) if names is not None else (lambda k: (ids[k],))
+    found, missing = find_released(folder, sorted(wanted), lookup)
+    if not found:
+        raise FileNotFoundError(
+            f"--features {folder}: no released feature file for any of the {len(wanted)} videos (looked for "
+            "<id>.npy, <id>_rgb.npy + <id>_flow.npy, rgb/<id>.npy + flow/<id>.npy; W-TALC / CO2-Net's single "
+            "*-I3D-JOINTFeatures.npy must be split into per-video files first)"
+        )
+    config = {
+        "imported_from": str(Path(folder).expanduser().resolve()),
+        "layouts": sorted({f.layout for f in found.values()}),
+    }
+    out = import_feature_files(
+        found,
+        root,
+        dataset,
+        config,
+        meta=wanted,
+        samples_per_shard=samples_per_shard,
+        snippet=snippet,
+        fps=fps,
+        missing=missing,
+        feature_dim=feature_dim,
+        max_snippets=cuts or None,
+    )
+    return {
+        **out,
+        "feature_dim": _feature_dim(out["stage_uri"]) or feature_dim,
+        "found": len(found),
+        "missing": len(missing),
+    }
 
 
 def _load_feature_file(rgb_path: Path, flow_path: Path | None) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import build, merge, to_dict
-from recipes.spec import AblationRow, PaperSpec
+from recipes.spec import AblationRow, PaperSpec, SpecError
 
 
 def variant_config(
@@ -33,16 +33,33 @@ def variant_config(
     variant: str,
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The config of `variant`'s job (`recipe_config` is the recipe's typed config; the job kind is the paper)."""
+    """The config of `variant`'s job (`recipe_config` is the recipe's typed config; the job kind is the paper);
+    `clip` is the mini CLIP's ``clip_arch``/``clip_checkpoint``, or empty to keep the spec's ``model.clip``."""
     cfg: Any = merge(build(recipe_config), spec.base(spec.paper))
-    stages_in = {
-        "model.clip.arch": clip["clip_arch"],
-        "model.clip.pretrained": clip["clip_checkpoint"],
-        "data.stage": features_uri,
-        "data.subsets": dict(subsets),
-    }
+    stages_in: dict[str, Any] = {"data.stage": features_uri, "data.subsets": dict(subsets)}
+    if clip:  # the mini CLIP the DAG pre-trained; on a real benchmark ({}) the spec's own CLIP (real weights)
+        stages_in = {
+            "model.clip.arch": clip["clip_arch"],
+            "model.clip.pretrained": clip["clip_checkpoint"],
+            **stages_in,
+        }
     cfg = merge(merge(merge(cfg, stages_in), spec.variants[variant]), spec.size_overrides(size, spec.paper))
     return to_dict(merge(cfg, dict(overrides)))
+
+
+def default_size(spec: PaperSpec) -> str:
+    """The size a run gets when none is asked for: ``small`` on the mini world (`make demo`'s), else the spec's first
+    size (``paper`` on a real benchmark: the paper's own configuration)."""
+    return "small" if "small" in spec.sizes else next(iter(spec.sizes))
+
+
+def ingest_settings(spec: PaperSpec, size: str) -> dict[str, Any]:
+    """A real benchmark's ingest keyword arguments (`flows.ingest.ingest_flow`: fps, size, crop) at `size`: the
+    spec's ``extra.ingest`` updated by ``extra.ingest_sizes[size]`` (e.g. smoke's 32 px frames)."""
+    base = dict(spec.extra.get("ingest") or {})
+    if not base:
+        raise SpecError(f"the {spec.paper} spec for {spec.dataset} has no extra.ingest (fps, size, crop)")
+    return {**base, **dict((spec.extra.get("ingest_sizes") or {}).get(size) or {})}
 
 
 def order_subsets(annotations: str | Path) -> dict[str, list[str]]:

@@ -87,7 +87,7 @@ def test_eval_retrieval_json_is_the_last_stdout_line(tmp_path):
         (["reproduce", "dcc", "--variant", "full"], "has no variants"),
         (["reproduce", "stan", "--variant", "stan-convv"], "did you mean 'stan-conv'"),
         (["reproduce", "stann"], "did you mean 'stan'"),
-        (["reproduce", "stan", "--dataset", "msrvtt"], "no spec for dataset 'msrvtt'"),
+        (["reproduce", "stan", "--dataset", "lsmdc"], "no spec for dataset 'lsmdc'"),
         (["reproduce", "clip4clip", "--ablations"], "has no ablation table"),
         (["reproduce", "dcc", "--size", "huge"], "unknown size 'huge'"),
     ],

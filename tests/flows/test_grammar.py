@@ -14,7 +14,7 @@ from recipes.spec import SpecError
 
 PAPERS = {
     "clip4clip": ("flows.reproduce_clip4clip", {"miniclip", "clip4clip"}),
-    "stan": ("flows.reproduce_stan", {"miniclip", "stan"}),
+    "stan": ("flows.reproduce_stan", {"miniclip", "stan", "clip4clip"}),  # clip4clip: the text tower STAN starts from
     "ucofia": ("flows.reproduce_ucofia", {"miniclip", "ucofia"}),
     "dcc": ("flows.reproduce_dcc", {"miniclip", "tvl1", "i3d", "dcc"}),
     "locvtp": ("flows.reproduce_locvtp", {"miniclip", "pretrain", "grounding"}),
@@ -76,16 +76,21 @@ def test_print_config_resolves_every_job_and_creates_nothing(
     configs = json.loads(out.out.strip().splitlines()[-1])
     assert set(configs) == {
         "miniclip",
+        "clip4clip/seqTransf",  # the motion-aware text tower the STAN rows start from (STAN's extra.needs)
         "stan/stan",
         "stan/stan-conv",
         "stan/stan-no-cross-frame",
         "stan/posterior",
         "stan/baseline",
+        "stan/stan-miniclip-text",
+        "stan/baseline-miniclip-text",
     }
     assert all(c["train"]["epochs"] == 3 for c in configs.values())
     assert all(c["model"]["depth"] == 1 for name, c in configs.items() if name.startswith("stan/"))
     assert configs["stan/baseline"]["model"]["variant"] == "baseline"
     assert configs["stan/stan"]["model"]["clip"]["pretrained"].startswith("<")  # a stage's output: a stand-in
+    assert configs["stan/stan"]["model"]["text_init"] == "<model.pt of the clip4clip/seqTransf job>"
+    assert configs["clip4clip/seqTransf"]["model"]["head"] == "seqTransf"  # `train.epochs=3` reached it too
     assert bad_rc == 2
     lines = bad.err.strip().splitlines()
     assert len(lines) == 1 and "did you mean 'train.epochs'" in lines[0], bad.err

@@ -98,7 +98,15 @@ def test_tiny_stan_dag_trains_evaluates_recognition_and_registers(stan_tiny: tup
     assert champion is not None and champion["run_id"] == head["run_id"] and champion["metric_name"] == "t2v/R@1"
     job = json.loads(Path(root, "jobs", f"{head['run_name']}.json").read_text())
     assert job["metrics"]["recognition/top1"] == pytest.approx(rec["top1"])
-    check_golden("stan-tiny", job_metrics(root, "stan", "miniclip"))
+    trained = head["recognition_trained"]  # the class-prompt cross-entropy fitted on the training videos
+    assert set(trained) == {"top1", "top5"} and job["metrics"]["recognition_trained/top1"] == trained["top1"]
+    assert head["chance"]["order"]["motion_blind"] == 25.0  # 4 reversal-twin labels per colour and shape
+    # the motion-aware text tower: CLIP4Clip's seqTransf job of the same root, trained first, loaded frozen
+    (tower,) = out["borrowed"].values()
+    assert tower["run_name"].startswith("clip4clip-seqTransf-") and tower["reused"] is False
+    model = json.loads(Path(job["model_dir"], "job.json").read_text())["config"]["model"]
+    assert model["text_init"] == f"{root}/models/{tower['run_name']}/model.pt" and model["freeze_text"] is True
+    check_golden("stan-tiny", job_metrics(root, "stan", "miniclip", "clip4clip"))
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from models.stan import (
     build,
     class_name,
     class_prompts,
+    fit_prompt_classifier,
     topk_accuracy,
 )
 from pipelines.features.clip_frames import ClipFeatureConfig, encode_frames
@@ -312,6 +313,39 @@ def test_frozen_options_freeze_what_they_say() -> None:
     assert trainable and all(n.startswith("branch.") for n in trainable)
 
 
+def test_text_init_loads_another_jobs_text_tower_and_freeze_text_keeps_it(tmp_path: Any) -> None:
+    """`text_init` (the motion-aware tower: a CLIP4Clip job's ``model.pt``) replaces every text parameter and nothing
+    else; with `freeze_text` a training step leaves it exactly as loaded; another CLIP's file is refused."""
+    donor = make(seed=7, input="blocks")
+    path = tmp_path / "model.pt"
+    torch.save(donor.state_dict(), path)  # keys clip.model.*, as a CLIP4Clip model.pt
+    fresh = make(seed=0, input="blocks")
+    model = make(seed=0, input="blocks", text_init=str(path), freeze_text=True)
+    own, theirs, before = fresh.state_dict(), donor.state_dict(), model.state_dict()
+    text = [
+        k for k in own if k.startswith("clip.model.") and not k.startswith(("clip.model.visual.", "clip.model.logit"))
+    ]
+    assert "clip.model.token_embedding.weight" in text and "clip.model.text_projection" in text
+    for k in own:
+        want = theirs[k] if k in text and k != "clip.model.attn_mask" else own[k]
+        torch.testing.assert_close(before[k], want, rtol=0, atol=0, msg=k)
+    assert not torch.equal(own["clip.model.text_projection"], theirs["clip.model.text_projection"])
+    before = {k: v.clone() for k, v in before.items()}
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).zero_grad()
+    model.training_step(batch_for(model))["loss"].backward()
+    for p in model.parameters():
+        if p.requires_grad and p.grad is not None:
+            p.data.sub_(0.1 * p.grad)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in text)
+    assert not all(torch.equal(after[k], before[k]) for k in after if k.startswith("branch."))
+    with pytest.raises(ConfigError, match="no such file"):
+        make(input="blocks", text_init=str(tmp_path / "missing.pt"))
+    torch.save({"clip.model.token_embedding.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="does not hold this CLIP's text tower"):
+        make(input="blocks", text_init=str(tmp_path / "other.pt"))
+
+
 def test_lr_scales_put_the_branch_at_ten_times_the_clip_rate() -> None:
     model = make(input="pixels", num_classes=3)
     lr_of = {n: g["lr"] for g in param_groups(model, 2e-6, 0.05, model.lr_scales()) for n in g["names"]}
@@ -441,6 +475,28 @@ def test_top1_top5_accuracy_on_a_hand_made_case() -> None:
     )
     labels = np.array([0, 2, 6, 1])
     assert topk_accuracy(scores, labels) == {"top1": 25.0, "top5": 75.0}
+
+
+def test_trained_prompt_classifier_learns_a_toy_separable_set_the_prompts_miss() -> None:
+    """The class-prompt cross-entropy over cos/τ, fitted on fixed video embeddings: from prompts that name the wrong
+    classes (zero-shot gets every video wrong) to every held-out video right; deterministic; 0 steps = the prompts."""
+    g = torch.Generator().manual_seed(0)
+    c, d, n = 4, 16, 40
+    centres = torch.eye(d)[:c]  # class k lies along axis k
+    prompts = centres.roll(1, dims=0)  # prompt k points at class k − 1
+    labels = torch.arange(2 * n) % c
+    videos = centres[labels] + 0.1 * torch.randn(2 * n, d, generator=g)
+    train, test = slice(0, n), slice(n, 2 * n)
+    zero_shot = topk_accuracy((F.normalize(videos[test], dim=-1) @ prompts.T).numpy(), labels[test].numpy(), (1,))
+    assert zero_shot["top1"] == 0.0
+    weight = fit_prompt_classifier(videos[train], labels[train], prompts, temperature=0.1, steps=100, lr=0.05)
+    scores = (F.normalize(videos[test], dim=-1) @ weight.T).numpy()
+    assert topk_accuracy(scores, labels[test].numpy(), (1,))["top1"] == 100.0
+    again = fit_prompt_classifier(videos[train], labels[train], prompts, temperature=0.1, steps=100, lr=0.05)
+    assert torch.equal(weight, again)
+    torch.testing.assert_close(fit_prompt_classifier(videos, labels, 2 * prompts, 0.1, 0, 0.05), prompts)
+    with pytest.raises(ValueError, match="do not match"):
+        fit_prompt_classifier(videos, labels[:3], prompts, 0.1, 1, 0.05)
 
 
 def test_class_prompts_read_the_direction_pairs() -> None:

@@ -28,6 +28,8 @@ CONFIGS: dict[str, type] = {
     "miniclip": MiniClipConfig,
 }
 SPECS = [(paper, dataset) for paper, datasets in available().items() for dataset in datasets]
+#: the specs of the generated mini worlds (the others are the papers' configs on downloaded benchmarks)
+MINI_SPECS = [(paper, dataset) for paper, dataset in SPECS if dataset.startswith("mini-")]
 
 
 def test_every_paper_has_its_mini_world_spec() -> None:
@@ -69,17 +71,26 @@ def test_every_job_size_and_variant_builds_a_valid_config(paper: str, dataset: s
     assert set(spec.default_variants) <= set(spec.variants) or not spec.variants
     assert {row.variant for row in spec.ablations} <= set(spec.variants)
     assert {row.group for row in spec.ablations} <= set(spec.claims)
-    assert {"tiny", "small", "medium"} <= set(spec.sizes)
+    if dataset.startswith("mini-"):
+        assert {"tiny", "small", "medium"} <= set(spec.sizes)
+    else:  # a benchmark: the paper's config, and the smoke test of the same DAG
+        assert list(spec.sizes)[:1] == ["paper"] and "smoke" in spec.sizes and spec.reported
+        assert all(r.dataset == dataset for r in spec.reported)  # compared with the run (`paper_vs_ours`)
 
 
 def test_the_tiny_sizes_are_tiny() -> None:
-    """`--size tiny` proves the DAG: every training job at tiny runs at most a couple of epochs."""
+    """`--size tiny` (mini world) and `--smoke` (a benchmark) prove the DAG: every training job runs at most a couple
+    of epochs; smoke's on the tiny random CLIP."""
     for paper, dataset in SPECS:
         spec = load_spec(paper, dataset)
+        size = "tiny" if dataset.startswith("mini-") else "smoke"
         for job_name, job in spec.jobs.items():
             if job.recipe and job.recipe != "dcc":
-                epochs = merge(build(CONFIGS[job.recipe], spec.base(job_name)), spec.size_overrides("tiny", job_name))
-                assert epochs.train.epochs <= 2, (paper, job_name)  # type: ignore[attr-defined]
+                cfg = merge(build(CONFIGS[job.recipe], spec.base(job_name)), spec.size_overrides(size, job_name))
+                assert cfg.train.epochs <= 2, (paper, job_name)  # type: ignore[attr-defined]
+                if size == "smoke":
+                    assert cfg.model.clip.arch == "vlrepro-tiny" and cfg.model.clip.pretrained is None  # type: ignore[attr-defined]
+                    assert cfg.model.max_frames == 4, (paper, dataset)  # type: ignore[attr-defined]
 
 
 def test_a_wrong_value_in_a_spec_is_a_config_error() -> None:
@@ -100,8 +111,8 @@ def test_requests_against_a_spec_name_close_matches() -> None:
         load_spec("dcc", "mini-wtal").check_variants(["full"])
     with pytest.raises(SpecError, match=r"unknown paper 'stann'.*did you mean 'stan'"):
         load_spec("stann", "mini-retrieval")
-    with pytest.raises(SpecError, match="no spec for dataset 'msrvtt'"):
-        load_spec("stan", "msrvtt")
+    with pytest.raises(SpecError, match="no spec for dataset 'lsmdc'"):
+        load_spec("stan", "lsmdc")
 
 
 def test_a_malformed_spec_is_refused_with_its_reason() -> None:
@@ -135,7 +146,7 @@ def test_every_paper_reports_its_numbers_with_their_source_and_compares_only_on_
     and its spec says so); a run is compared with them only on the paper's own benchmark."""
     from dataclasses import replace
 
-    counts = {paper: len(load_spec(paper, ds).reported) for paper, ds in SPECS if paper != "mini-clip"}
+    counts = {paper: len(load_spec(paper, ds).reported) for paper, ds in MINI_SPECS if paper != "mini-clip"}
     assert counts == {"clip4clip": 4, "stan": 2, "ucofia": 4, "dcc": 2, "locvtp": 0}
     spec = load_spec("clip4clip", "mini-retrieval")
     seq = next(r for r in spec.reported if r.variant == "seqTransf")

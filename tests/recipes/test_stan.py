@@ -82,11 +82,14 @@ def test_one_epoch_trains_and_evaluates_retrieval_and_recognition(stage: str) ->
     _, history = fit_local(recipe)
     metrics = history[-1]
     assert np.isfinite(metrics["train/loss"]) and "train/recognition_loss" in metrics
-    for key in ("t2v/R@1", "v2t/R@1", "recognition/top1", "recognition/top5", "recognition_linear/top1"):
+    keys = ("t2v/R@1", "v2t/R@1", "recognition/top1", "recognition/top5", "recognition_linear/top1")
+    for key in (*keys, "recognition_trained/top1", "chance/overall/tied"):
         assert 0.0 <= metrics[key] <= 100.0, key
-    assert metrics["recognition/top5"] == 100.0  # 3 classes: the true one is always within the top 5
+    assert metrics["recognition/top5"] == metrics["recognition_trained/top5"] == 100.0  # 3 classes: always in the top 5
+    assert metrics["chance/overall/random"] == pytest.approx(100 / 6)
+    assert metrics["chance/overall/motion_blind"] == 100 / 3
     # the training driver reads the full report: rank arrays for plots, "overall" for summaries
-    assert {"overall", "ranks", "recognition", "recognition_linear"} <= set(recipe.last_report)
+    assert {"overall", "ranks", "recognition", "recognition_trained", "recognition_linear"} <= set(recipe.last_report)
     assert recipe.last_report["recognition"]["top1"] == metrics["recognition/top1"]
 
 
@@ -105,10 +108,36 @@ def test_recognition_matches_a_direct_computation(stage: str) -> None:
     assert got["recognition/top1"] == pytest.approx(100.0 * np.mean(pred == truth))
 
 
+def test_chance_levels_name_each_blocks_floor_and_count_exact_ties(stage: str) -> None:
+    """`chance`: random = 100 / clips, motion-blind = 100 / labels among the block's clips, tied = % of t2v queries
+    whose clip scores like another clip of the block up to rounding (exact ties the pessimistic rule counts against
+    the true clip)."""
+    cfg = config(stage)
+    cfg["data"]["subsets"] = {"pair": ["v008", "v009"], "one": ["v010"]}
+    recipe = build(cfg)
+    ev = recipe.data.eval_set()
+    assert ev.keys == [f"v{i:03d}" for i in range(8, 14)] and len(ev.captions) == 12
+    sim = np.eye(6)[ev.caption_video] + 0.01 * np.arange(6)  # every caption's own clip first, no tie
+    assert recipe.chance(sim, ev)["overall"] == {"random": pytest.approx(100 / 6), "tied": 0.0, "motion_blind": 100 / 3}
+    sim[:, 1] = sim[:, 0]  # v008 and v009 become the same clip for every caption: their 4 captions tie
+    sim[:, 3] = sim[:, 2] + 1e-7  # v010 and v011: equal up to float32 rounding, which counts as a tie too
+    got = recipe.chance(sim, ev)
+    assert got["overall"]["tied"] == pytest.approx(100 * 8 / 12)
+    assert got["pair"] == {"random": 50.0, "tied": 100.0, "motion_blind": 50.0}  # labels up-then-left ≠ down-then-right
+    assert "one" not in got  # one clip: no retrieval block, no chance level
+
+
 def test_mini_config_loads_strictly() -> None:
     from recipes.spec import load_spec
 
-    cfg = load(StanRecipeConfig, overrides=load_spec("stan", "mini-retrieval").base("stan"))
-    assert cfg.model.input == "blocks"
+    spec = load_spec("stan", "mini-retrieval")
+    cfg = load(StanRecipeConfig, overrides=spec.base("stan"))
+    assert cfg.model.input == "blocks" and cfg.model.freeze_text and cfg.recognition.train_steps > 0
+    # every row of the paper's table starts from the motion-aware tower (CLIP4Clip's seqTransf); the
+    # *-miniclip-text rows train the mini CLIP's own
+    needs = spec.extra["needs"]
+    assert {v for v in spec.variants if not v.endswith("-miniclip-text")} == set(needs)
+    assert all(base == ["clip4clip/seqTransf", "model.text_init"] for base in needs.values())
+    assert all(spec.variants[v]["model.freeze_text"] is False for v in spec.variants if v.endswith("-miniclip-text"))
     with pytest.raises(ValueError):
         build({"model": {"variant": "nope"}})

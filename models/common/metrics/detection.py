@@ -24,6 +24,13 @@ Differences from the toolkit, on purpose:
   predictions whose segment ends before it starts, for the caller to report, instead of scoring them.
 - like the toolkit, predictions are **not** filtered by subset: a prediction on a video outside the evaluated subset
   has no ground truth there and counts as a FP.
+
+THUMOS14's **Ambiguous** segments (``ambiguous``: video → ``[(start, end)]``, off by default) follow the official
+THUMOS14 evaluation kit (``TH14evalkit/TH14eventdetpr.m``, copied in demianzhang/weakly-action-localization): "respect
+ambiguous events (overlapping detections will be removed from the FP list)" — at each threshold, a prediction that is
+not a TP and overlaps (positive intersection, in seconds) any Ambiguous segment of its video is dropped: neither TP
+nor FP. A TP stays a TP. (The W-TALC / CO2-Net copies instead drop every prediction overlapping one, TPs included,
+before scoring.)
 """
 
 from __future__ import annotations
@@ -54,10 +61,12 @@ def average_precision(
     gt: Sequence[tuple[Hashable, float, float]],
     preds: Sequence[tuple[Hashable, float, float, float]],
     tiou_thresholds: Sequence[float],
+    ambiguous: Mapping[Any, Sequence[tuple[float, float]]] | None = None,
 ) -> np.ndarray:
     """Interpolated AP of one class at each tIoU threshold.
 
-    gt: ``(video, start, end)`` instances of the class; preds: ``(video, start, end, score)`` predictions of the class.
+    gt: ``(video, start, end)`` instances of the class; preds: ``(video, start, end, score)`` predictions of the class;
+    ambiguous: video → its Ambiguous segments (module docstring: a non-TP overlapping one is not a FP).
     Returns (n_thr,) AP fractions; all zeros when there is no ground truth (npos = 0) or no prediction.
     """
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64)  # (n_thr,)
@@ -92,11 +101,31 @@ def average_precision(
                 matched[t, cand[j]] = True
                 tp[t, rank] = 1.0
                 break
+    fp = 1.0 - tp  # every non-TP prediction is a FP ...
+    if ambiguous:  # ... unless it overlaps an Ambiguous segment of its video (THUMOS14 kit): then it is dropped
+        ranked = [preds[i] for i in order]
+        amb = np.array([_overlaps(ambiguous.get(p[0], ()), p[1], p[2]) for p in ranked])  # (n_pred,)
+        fp = np.where(amb[None, :], 0.0, fp)
     tp_cum = np.cumsum(tp, axis=1)  # (n_thr, n_pred)
-    fp_cum = np.cumsum(1.0 - tp, axis=1)  # every non-TP prediction is a FP
+    fp_cum = np.cumsum(fp, axis=1)
     recall = tp_cum / npos
-    precision = tp_cum / (tp_cum + fp_cum)
-    return np.array([interpolated_prec_rec(precision[t], recall[t]) for t in range(n_thr)])
+    if not ambiguous:
+        precision = tp_cum / (tp_cum + fp_cum)
+        return np.array([interpolated_prec_rec(precision[t], recall[t]) for t in range(n_thr)])
+    aps = []
+    for t in range(n_thr):  # dropped predictions leave the ranked list: keep only the TPs and the FPs
+        kept = (tp[t] + fp[t]) > 0
+        if not kept.any():
+            aps.append(0.0)
+            continue
+        aps.append(interpolated_prec_rec(tp_cum[t][kept] / (tp_cum[t][kept] + fp_cum[t][kept]), recall[t][kept]))
+    return np.array(aps)
+
+
+def _overlaps(segments: Sequence[tuple[float, float]], start: float, end: float) -> bool:
+    """Whether ``[start, end]`` shares a positive length with one of `segments` (the kit's
+    ``intervaloverlapvalseconds > 0``)."""
+    return any(min(end, b) - max(start, a) > 0 for a, b in segments)
 
 
 def _check_instance(item: Any, where: str, scored: bool) -> tuple[float, float]:
@@ -176,13 +205,15 @@ def detection_map(
     tiou_thresholds: Sequence[float] = ANET_TIOU,
     subset: str | None = None,
     classes: Sequence[str] | None = None,
+    ambiguous: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> dict[str, Any]:
     """Per-class AP, mAP per threshold and average mAP (fractions).
 
     ground_truth: the ActivityNet JSON ``database``: ``{video: {"subset": str, "annotations": [{"segment": [s, e],
     "label": str}]}}``; subset: keep only videos of that subset (None = all). predictions: the ``results`` mapping
     ``{video: [{"label", "score", "segment": [s, e]}]}``. classes: the classes to evaluate, restricted to those with
-    at least one ground-truth instance (default: every class in the ground truth, sorted).
+    at least one ground-truth instance (default: every class in the ground truth, sorted). ambiguous: THUMOS14's
+    Ambiguous segments per video (module docstring; None = the ActivityNet toolkit's scoring).
     Returns ``{"tiou", "mAP", "average_mAP", "per_class_ap", "n_ignored_predictions"}``.
     """
     gt_by_class: dict[str, list[tuple[Hashable, float, float]]] = {}
@@ -208,7 +239,7 @@ def detection_map(
             bucket.append((video, float(start), float(end), float(p["score"])))
 
     ap = np.stack(
-        [average_precision(gt_by_class[c], preds_by_class[c], tiou_thresholds) for c in class_names]
+        [average_precision(gt_by_class[c], preds_by_class[c], tiou_thresholds, ambiguous) for c in class_names]
     )  # (n_class, n_thr)
     mean_ap = ap.mean(axis=0)  # (n_thr,)
     return {
